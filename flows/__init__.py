@@ -1,0 +1,1 @@
+"""Prefect flows and the `foil` command line: wiring, retries, schedules, reports."""

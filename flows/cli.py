@@ -1,0 +1,276 @@
+"""The `foil` command line: parse arguments, run a flow, print what happened.
+
+Bad input (a flag, a recipe field, a query that would write) ends with one line naming what is
+wrong and exit code 2, never a traceback. Heavy imports (torch, Ray, Prefect) happen only in the
+subcommands that need them, so `foil sql` and `--help` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+# Entry-point defaults: no telemetry, no hub downloads. Explicit user settings win.
+for _key, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+DEMO_PORT = 8741
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="dataset folder (local path or fsspec URL)")
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="recipe YAML (default: the built-in demo recipe)")
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace this stage's output instead of resuming it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="foil", description="foil: a data engine for contrastive vision-language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole loop on the emoji sample served from 127.0.0.1")
+    p.add_argument("--out", default="foil-demo", help="dataset folder to create (default: ./foil-demo)")
+    p.add_argument("--sample-dir", help="an unpacked emoji-datasource-google package (default: fetched once with npm)")
+    p.add_argument("--limit", type=int, help="use only the first N emoji")
+    p.add_argument("--port", type=int, default=DEMO_PORT, help=f"port of the local image server (default {DEMO_PORT}; a fixed port keeps sample ids stable across reruns)")
+    p.add_argument("--gpu", action="store_true", help="train on GPU")
+    _add_recipe(p)
+
+    p = sub.add_parser("fetch-sample", help="download the demo's emoji sample from the npm registry into the cache")
+    p.add_argument("--cache-dir", help="cache folder (default ~/.cache/foil)")
+
+    p = sub.add_parser("sql", help="run a read-only SQL query on a dataset's catalog")
+    _add_dataset(p)
+    p.add_argument("query", help="SQL (SELECT, DESCRIBE, SHOW, EXPLAIN)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--max-rows", type=int, default=100, help="rows printed in table format (default 100)")
+
+    p = sub.add_parser("crawl", help="download images for url lists into table `raw`")
+    _add_dataset(p)
+    p.add_argument("--urls", nargs="+", required=True, metavar="FILE", help="url lists: parquet, csv, tsv or jsonl")
+    p.add_argument("--url-col", help="column holding the url (default: url)")
+    p.add_argument("--caption-col", help="column holding the caption (default: caption)")
+    _add_recipe(p)
+    _add_overwrite(p)
+
+    for name, text in (
+        ("score", "rule scores and hashes into table `scores`"),
+        ("negatives", "text hard negatives for curated captions into table `neg_text`"),
+        ("export", "training shards into table `train`"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_dataset(p)
+        _add_recipe(p)
+        _add_overwrite(p)
+
+    p = sub.add_parser("curate", help="apply the recipe's thresholds: recreate the `curated` and `funnel` views")
+    _add_dataset(p)
+    _add_recipe(p)
+
+    p = sub.add_parser("train", help="contrastive training as a Ray Train job")
+    _add_dataset(p)
+    p.add_argument("--config", dest="recipe", help="recipe YAML whose `train` section is used")
+    p.add_argument("--out", required=True, help="folder for checkpoints")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default: the recipe's train.workers)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
+
+    p = sub.add_parser("eval", help="retrieval and hard-negative accuracy of a checkpoint on the eval split")
+    _add_dataset(p)
+    p.add_argument("--checkpoint", required=True, help="open_clip state dict (open_clip_model.pt)")
+    p.add_argument("--model", default="foil-tiny-vit", help="architecture name (default foil-tiny-vit)")
+    p.add_argument("--run-id", default="eval", help="name under which metrics are recorded")
+    return parser
+
+
+# -- output ----------------------------------------------------------------------------------
+def _cell(value: Any, width: int = 60) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    text = "NULL" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_rows(table: Any, fmt: str, max_rows: int = 100) -> str:
+    rows = table.to_pylist()
+    cols = table.column_names
+    if fmt == "json":
+        return json.dumps(rows, default=lambda v: f"<{len(v)} bytes>" if isinstance(v, bytes) else str(v), indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(cols)
+        for r in rows:
+            writer.writerow([_cell(r[c], 10**9) if isinstance(r[c], bytes) else r[c] for c in cols])
+        return buf.getvalue().rstrip("\n")
+    shown = [[_cell(r[c]) for c in cols] for r in rows[:max_rows]]
+    widths = [max([len(c)] + [len(row[i]) for row in shown]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in shown]
+    more = f" (showing {max_rows})" if len(rows) > max_rows else ""
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})")
+    return "\n".join(lines)
+
+
+def _print_report(report: Any) -> None:
+    print(json.dumps(report, indent=2, default=str))
+
+
+# -- commands --------------------------------------------------------------------------------
+def cmd_sql(args: argparse.Namespace) -> int:
+    from pipeline.catalog import Catalog
+    from pipeline.store import Dataset
+
+    table = Catalog(Dataset(args.dataset)).query(args.query)
+    print(format_rows(table, args.format, args.max_rows))
+    return 0
+
+
+def cmd_fetch_sample(args: argparse.Namespace) -> int:
+    from pipeline.sample import fetch_emoji_sample
+
+    path = fetch_emoji_sample(Path(args.cache_dir) if args.cache_dir else None)
+    print(f"emoji sample ready in {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.recipe import load_recipe
+    from pipeline.report import render_markdown
+    from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
+
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError(f"--limit: must be positive, got {args.limit}")
+    load_recipe(args.recipe)  # fail on a bad recipe before starting anything
+    sample = Path(args.sample_dir) if args.sample_dir else fetch_emoji_sample()
+    items = emoji_items(sample, args.limit)
+    out = Path(args.out).resolve()
+    from flows.pipeline_flows import end_to_end
+
+    with ImageServer(sample, port=args.port) as server:
+        urls = write_url_list(items, server.url, out / "input" / "urls.parquet")
+        print(f"serving {len(items)} emoji from {server.url}; dataset: {out}", flush=True)
+        summary = end_to_end(str(out), [str(urls)], args.recipe, args.gpu)
+    print(render_markdown(summary))
+    print(f"dataset: {out}  (summary.md, summary.json, catalog.duckdb)")
+    print(f'query it: foil sql --dataset {out} "select * from funnel"')
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from flows import pipeline_flows as F
+
+    if args.command == "crawl":
+        from pipeline.recipe import load_recipe
+
+        load_recipe(args.recipe)
+        report = F.crawl_flow(args.dataset, args.urls, args.recipe, args.overwrite, url_col=args.url_col, caption_col=args.caption_col)
+    elif args.command == "score":
+        report = F.score_flow(args.dataset, args.recipe, args.overwrite)
+    elif args.command == "negatives":
+        report = F.negatives_flow(args.dataset, args.recipe, args.overwrite)
+    elif args.command == "export":
+        report = F.export_flow(args.dataset, args.recipe, args.overwrite)
+    else:
+        raise AssertionError(args.command)
+    _print_report(report)
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from flows.pipeline_flows import curate_flow
+
+    funnel = curate_flow(args.dataset, args.recipe)
+    for row in funnel:
+        print(f"{row['reason']:<28} {row['rows']:>8}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows.pipeline_flows import train_flow
+
+    if args.workers is not None and args.workers <= 0:
+        raise UsageError(f"--workers: must be positive, got {args.workers}")
+    _print_report(train_flow(args.dataset, args.out, args.recipe, args.gpu, args.workers))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flows.pipeline_flows import eval_flow
+
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint: {args.checkpoint} is not a file")
+    _print_report(eval_flow(args.dataset, args.checkpoint, args.model, args.run_id))
+    return 0
+
+
+COMMANDS = {
+    "sql": cmd_sql,
+    "fetch-sample": cmd_fetch_sample,
+    "demo": cmd_demo,
+    "crawl": cmd_stage,
+    "score": cmd_stage,
+    "negatives": cmd_stage,
+    "export": cmd_stage,
+    "curate": cmd_curate,
+    "train": cmd_train,
+    "eval": cmd_eval,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.catalog import QueryRefused
+    from pipeline.stage import ConfigError
+    from pipeline.store import StoreError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, QueryRefused, StoreError) as exc:
+        print(f"foil {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"foil {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from pipeline.steps import StepFailed
+
+        if isinstance(exc, StepFailed):
+            print(f"foil {args.command}: failed: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if os.environ.get("FOIL_DEBUG"):
+            raise
+        print(f"foil {args.command}: failed: {type(exc).__name__}: {exc} (set FOIL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""foil data stages as a plain library: store, catalog, stages, runners. No Prefect here."""

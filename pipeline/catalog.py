@@ -1,0 +1,158 @@
+"""The DuckDB catalog of a dataset: views over its parquet tables, defined by the files in sql/.
+
+`catalog.duckdb` sits in the dataset folder. `refresh` (re)creates, in one read-write session:
+
+- one view per table (`raw`, `scores`, ...) over that table's committed shards, with a `shard`
+  column naming the shard each row came from (runners use it to read a view shard by shard);
+- then every `sql/*.sql` file in name order, rendered with the curation thresholds
+  (`${min_width}` and friends). A file whose tables do not exist yet is skipped and listed in
+  the `foil_views` table with the reason, and picked up by a later refresh.
+
+`query` opens the file read-only and refuses any statement that is not a read (CREATE, INSERT,
+COPY ... TO, ATTACH, SET, INSTALL, ...), before running anything.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipeline.stage import ConfigError
+from pipeline.store import Dataset
+
+CATALOG_FILE = "catalog.duckdb"
+
+# The curation thresholds the sql/ templates may use, with their defaults. Recipes override them.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "min_width": 32,
+    "min_height": 32,
+    "max_aspect_ratio": 3.0,
+    "min_caption_words": 1,
+    "max_caption_words": 64,
+    "min_caption_chars": 3,
+}
+
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+class QueryRefused(ValueError):
+    """A statement given to `foil sql` would write, attach or change settings."""
+
+
+@dataclass(frozen=True)
+class SqlFile:
+    name: str
+    text: str
+
+
+def sql_files() -> list[SqlFile]:
+    root = importlib.resources.files("sql")
+    files = [f for f in root.iterdir() if f.name.endswith(".sql")]
+    return [SqlFile(f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)]
+
+
+def validate_thresholds(values: dict[str, Any], where: str = "curate") -> dict[str, float]:
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for key, value in values.items():
+        if key not in DEFAULT_THRESHOLDS:
+            raise ConfigError(f"{where}.{key}: unknown threshold; known: {', '.join(DEFAULT_THRESHOLDS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
+        thresholds[key] = value
+    return thresholds
+
+
+class Catalog:
+    def __init__(self, dataset: Dataset):
+        if not dataset.is_local:
+            raise ConfigError("the DuckDB catalog needs a local dataset folder (remote tables can be read with read_parquet)")
+        self.dataset = dataset
+        self.path = dataset.path(CATALOG_FILE)
+
+    def thresholds(self) -> dict[str, float]:
+        try:
+            return validate_thresholds(self.dataset.read_json("curate.json"))
+        except FileNotFoundError:
+            return dict(DEFAULT_THRESHOLDS)
+
+    def set_thresholds(self, values: dict[str, Any]) -> dict[str, float]:
+        thresholds = validate_thresholds(values)
+        self.dataset.write_json("curate.json", thresholds)
+        return thresholds
+
+    def refresh(self) -> dict[str, str]:
+        """Recreate every view. Returns {view file or table: 'ok' | 'skipped: reason'}."""
+        status: dict[str, str] = {}
+        thresholds = self.thresholds()
+        self.dataset.fs.makedirs(self.dataset.root, exist_ok=True)
+        con = duckdb.connect(self.path)
+        try:
+            for name in self.dataset.tables():
+                table = self.dataset.table(name)
+                if not table.finished_shards():
+                    status[name] = "skipped: no finished shards"
+                    continue
+                glob = table.glob_uri().replace("'", "''")
+                con.execute(
+                    f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (filename), '
+                    f"regexp_extract(filename, '(part-[0-9]+)\\.parquet$', 1) AS shard "
+                    f"FROM read_parquet('{glob}', filename = true, union_by_name = true)"
+                )
+                status[name] = "ok"
+            for f in sql_files():
+                try:
+                    text = string.Template(f.text).substitute({k: repr(v) for k, v in thresholds.items()})
+                except KeyError as exc:
+                    raise ConfigError(f"sql/{f.name}: unknown threshold ${{{exc.args[0]}}}") from None
+                try:
+                    con.execute("BEGIN")
+                    con.execute(text)
+                    con.execute("COMMIT")
+                    status[f.name] = "ok"
+                except duckdb.CatalogException as exc:
+                    con.execute("ROLLBACK")
+                    status[f.name] = f"skipped: {str(exc).splitlines()[0]}"
+            con.execute("CREATE OR REPLACE TABLE foil_views (source VARCHAR, status VARCHAR)")
+            con.executemany("INSERT INTO foil_views VALUES (?, ?)", sorted(status.items()))
+        finally:
+            con.close()
+        return status
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        if not self.dataset.fs.exists(self.path):
+            raise ConfigError(f"{self.dataset.url} has no {CATALOG_FILE}: run a stage (or `foil demo`) first")
+        return duckdb.connect(self.path, read_only=True)
+
+    def query(self, sql: str) -> pa.Table:
+        check_read_only(sql)
+        con = self.connect()
+        try:
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.close()
+
+    def read_view_shard(self, view: str, shard: str, columns: list[str] | None) -> pa.Table:
+        cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        con = self.connect()
+        try:
+            return con.sql(f'SELECT {cols} FROM "{view}" WHERE shard = ? ORDER BY sample_id', params=[shard]).to_arrow_table()
+        finally:
+            con.close()
+
+
+def check_read_only(sql: str) -> None:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(f"cannot parse query: {str(exc).splitlines()[0]}") from None
+    if not statements:
+        raise QueryRefused("empty query")
+    for st in statements:
+        kind = st.type.name
+        if kind not in _READ_ONLY_TYPES:
+            raise QueryRefused(f"refused a {kind} statement: `foil sql` only runs read-only queries (SELECT, DESCRIBE, SHOW, EXPLAIN)")

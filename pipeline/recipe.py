@@ -1,0 +1,119 @@
+"""Recipes: one YAML file that configures every stage, validated once at the edge.
+
+Each section is checked against what its stage accepts, and the first bad field is reported by
+its dotted path (`crawl.params.resize_mode: ...`), before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.catalog import validate_thresholds
+from pipeline.stage import ConfigError, build_stage
+
+SECTIONS = ("runner", "crawl", "curate", "negatives", "export", "train")
+RUNNER_KINDS = ("ray", "local")
+
+
+@dataclass
+class Recipe:
+    runner_kind: str = "ray"
+    runner_address: str | None = None
+    retries: int = 2
+    crawl_params: dict[str, Any] = field(default_factory=dict)
+    shard_rows: int = 1000
+    url_col: str = "url"
+    caption_col: str = "caption"
+    curate: dict[str, float] = field(default_factory=dict)
+    negatives: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    train_workers: int = 1
+    source: str = "<defaults>"
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _expect(section: dict[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown field; known: {', '.join(allowed)}")
+
+
+def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(f"{key}: unknown recipe section; known: {', '.join(SECTIONS)}")
+    recipe = Recipe(source=source)
+
+    runner = _section(data, "runner")
+    _expect(runner, "runner", ("kind", "address", "retries"))
+    recipe.runner_kind = runner.get("kind", "ray")
+    if recipe.runner_kind not in RUNNER_KINDS:
+        raise ConfigError(f"runner.kind: {recipe.runner_kind!r} is not one of {', '.join(RUNNER_KINDS)}")
+    recipe.runner_address = runner.get("address")
+    recipe.retries = runner.get("retries", 2)
+    if isinstance(recipe.retries, bool) or not isinstance(recipe.retries, int) or recipe.retries < 0:
+        raise ConfigError(f"runner.retries: must be a non-negative integer, got {recipe.retries!r}")
+
+    crawl = _section(data, "crawl")
+    _expect(crawl, "crawl", ("params", "shard_rows", "url_col", "caption_col"))
+    recipe.crawl_params = _section(crawl, "params")
+    build_stage("crawl", recipe.crawl_params)
+    recipe.shard_rows = crawl.get("shard_rows", 1000)
+    if isinstance(recipe.shard_rows, bool) or not isinstance(recipe.shard_rows, int) or recipe.shard_rows <= 0:
+        raise ConfigError(f"crawl.shard_rows: must be a positive integer, got {recipe.shard_rows!r}")
+    recipe.url_col = crawl.get("url_col", "url")
+    recipe.caption_col = crawl.get("caption_col", "caption")
+
+    recipe.curate = validate_thresholds(_section(data, "curate"))
+    recipe.negatives = _section(data, "negatives")
+    build_stage("negatives", recipe.negatives)
+    recipe.export = _section(data, "export")
+    build_stage("export", recipe.export)
+
+    train = dict(_section(data, "train"))
+    recipe.train_workers = train.pop("workers", 1)
+    if isinstance(recipe.train_workers, bool) or not isinstance(recipe.train_workers, int) or recipe.train_workers <= 0:
+        raise ConfigError(f"train.workers: must be a positive integer, got {recipe.train_workers!r}")
+    from training.ray_train import TrainConfig  # validated here so a bad field fails before crawling
+
+    TrainConfig.from_dict(train)
+    recipe.train = train
+    return recipe
+
+
+def load_recipe(path: str | Path | None) -> Recipe:
+    """Read and validate a recipe file; None gives the built-in demo recipe."""
+    if path is None:
+        text = (resources.files("pipeline") / "recipes" / "demo.yaml").read_text(encoding="utf-8")
+        source = "demo.yaml (built in)"
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such recipe file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: recipe is not valid UTF-8") from None
+        source = str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_recipe(data, source)

@@ -1,0 +1,155 @@
+"""Column and table names, and the Arrow schemas of foil's tables, in one place.
+
+Every stage, SQL file and test refers to columns through these constants, so a rename is one
+edit. Image bytes always live in their own column (`IMAGE`) so that metadata queries, which
+DuckDB pushes down to the parquet reader, never read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# Tables (each a folder of parquet shards in a dataset).
+URLS = "urls"
+RAW = "raw"
+SCORES = "scores"
+NEG_TEXT = "neg_text"
+TRAIN = "train"
+RUNS = "runs"
+METRICS = "metrics"
+
+# Columns shared across tables.
+SAMPLE_ID = "sample_id"
+URL = "url"
+CAPTION = "caption"
+IMAGE = "image"
+
+# raw
+STATUS = "status"
+ERROR = "error"
+WIDTH = "width"
+HEIGHT = "height"
+ORIGINAL_WIDTH = "original_width"
+ORIGINAL_HEIGHT = "original_height"
+SHA256 = "sha256"
+
+# scores
+ASPECT_RATIO = "aspect_ratio"
+CAPTION_CHARS = "caption_chars"
+CAPTION_WORDS = "caption_words"
+IMAGE_BYTES = "image_bytes"
+PHASH = "phash"
+DECODE_ERROR = "decode_error"
+
+# neg_text
+KIND = "kind"
+NEG_CAPTION = "negative_caption"
+EDIT_SPAN = "edit_span"
+EDIT_FROM = "edit_from"
+EDIT_TO = "edit_to"
+GENERATOR = "generator"
+CHECKS = "checks"
+
+# train
+NEG_KIND = "negative_kind"
+SPLIT = "split"
+
+# runs / metrics
+RUN_ID = "run_id"
+STEP = "step"
+NAME = "name"
+VALUE = "value"
+
+STATUS_SUCCESS = "success"
+
+URLS_SCHEMA = pa.schema([(SAMPLE_ID, pa.string()), (URL, pa.string()), (CAPTION, pa.string())])
+
+RAW_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (URL, pa.string()),
+        (CAPTION, pa.string()),
+        (STATUS, pa.string()),
+        (ERROR, pa.string()),
+        (WIDTH, pa.int32()),
+        (HEIGHT, pa.int32()),
+        (ORIGINAL_WIDTH, pa.int32()),
+        (ORIGINAL_HEIGHT, pa.int32()),
+        (SHA256, pa.string()),
+        (IMAGE, pa.binary()),
+    ]
+)
+
+SCORES_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (WIDTH, pa.int32()),
+        (HEIGHT, pa.int32()),
+        (ASPECT_RATIO, pa.float32()),
+        (CAPTION_CHARS, pa.int32()),
+        (CAPTION_WORDS, pa.int32()),
+        (IMAGE_BYTES, pa.int64()),
+        (SHA256, pa.string()),
+        (PHASH, pa.string()),
+        (DECODE_ERROR, pa.string()),
+    ]
+)
+
+NEG_TEXT_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (KIND, pa.string()),
+        (CAPTION, pa.string()),
+        (NEG_CAPTION, pa.string()),
+        (EDIT_SPAN, pa.list_(pa.int32())),
+        (EDIT_FROM, pa.string()),
+        (EDIT_TO, pa.string()),
+        (GENERATOR, pa.string()),
+        (CHECKS, pa.list_(pa.string())),
+    ]
+)
+
+TRAIN_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (CAPTION, pa.string()),
+        (NEG_CAPTION, pa.string()),
+        (NEG_KIND, pa.string()),
+        (SPLIT, pa.string()),
+        (IMAGE, pa.binary()),
+    ]
+)
+
+METRICS_SCHEMA = pa.schema(
+    [
+        (RUN_ID, pa.string()),
+        (SPLIT, pa.string()),
+        (STEP, pa.int64()),
+        (NAME, pa.string()),
+        (VALUE, pa.float64()),
+    ]
+)
+
+RUNS_SCHEMA = pa.schema(
+    [
+        (RUN_ID, pa.string()),
+        ("started_at", pa.string()),
+        ("config", pa.string()),
+        ("checkpoint", pa.string()),
+        ("steps", pa.int64()),
+        ("samples_per_second", pa.float64()),
+    ]
+)
+
+
+def sample_id(url: str, caption: str | None) -> str:
+    """Stable row key: the same (url, caption) pair always gets the same id, across reruns."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(url.encode("utf-8", "surrogatepass"))
+    h.update(b"\x00")
+    h.update((caption or "").encode("utf-8", "surrogatepass"))
+    return h.hexdigest()

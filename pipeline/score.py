@@ -1,0 +1,76 @@
+"""Score stage: rule scores and hashes for every crawled image, written first, decided on later.
+
+Nothing is filtered here. Each successfully crawled row gets one score row (size, aspect ratio,
+caption length, byte size, sha256 and a 64-bit DCT perceptual hash); the curated view in SQL
+applies thresholds, so changing a threshold never recomputes a score. Rows the crawl did not
+fetch are counted (`not_crawled`) and get no score row. An image that does not decode gets a
+score row with `decode_error` set, so it is removed by the view with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from scipy.fft import dctn
+
+from pipeline import schema as S
+from pipeline.stage import Stage, register
+
+
+def perceptual_hash(image: Image.Image) -> str:
+    """64-bit pHash: sign of the low-frequency 8x8 DCT block of a 32x32 grey image vs its median."""
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float32)
+    low = dctn(grey, norm="ortho")[:8, :8].flatten()
+    bits = low > np.median(low[1:])  # the DC term is excluded from the median, as in pHash
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def hamming(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+@register
+class ScoreStage(Stage):
+    name = "score"
+    output_schema = S.SCORES_SCHEMA
+    input_columns = [S.SAMPLE_ID, S.CAPTION, S.STATUS, S.IMAGE]
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        out: dict[str, list[Any]] = {name: [] for name in S.SCORES_SCHEMA.names}
+        for sid, caption, status, blob in zip(
+            batch.column(S.SAMPLE_ID).to_pylist(),
+            batch.column(S.CAPTION).to_pylist(),
+            batch.column(S.STATUS).to_pylist(),
+            batch.column(S.IMAGE).to_pylist(),
+        ):
+            if status != S.STATUS_SUCCESS or blob is None:
+                self.drop("not_crawled")
+                continue
+            caption = caption or ""
+            width = height = None
+            phash = decode_error = None
+            try:
+                with Image.open(io.BytesIO(blob)) as img:
+                    img.load()
+                    width, height = img.size
+                    phash = perceptual_hash(img)
+            except Exception as exc:  # PIL raises many types for corrupt data; record which
+                decode_error = f"{type(exc).__name__}: {exc}"[:200]
+                self.count("decode_error")
+            out[S.SAMPLE_ID].append(sid)
+            out[S.WIDTH].append(width)
+            out[S.HEIGHT].append(height)
+            out[S.ASPECT_RATIO].append(width / height if width and height else None)
+            out[S.CAPTION_CHARS].append(len(caption))
+            out[S.CAPTION_WORDS].append(len(caption.split()))
+            out[S.IMAGE_BYTES].append(len(blob))
+            out[S.SHA256].append(hashlib.sha256(blob).hexdigest())
+            out[S.PHASH].append(phash)
+            out[S.DECODE_ERROR].append(decode_error)
+        if out[S.SAMPLE_ID]:
+            yield pa.RecordBatch.from_pydict(out, schema=S.SCORES_SCHEMA)

@@ -1,0 +1,82 @@
+"""The data steps as plain functions: what `foil <stage>` and the Prefect flows both call.
+
+Each step runs one stage over a dataset with a runner, refreshes the catalog so its output is
+queryable at once, and returns a report of counts (kept, dropped and why, shard statuses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import schema as S
+from pipeline.catalog import Catalog
+from pipeline.recipe import Recipe
+from pipeline.runners import LocalRunner, RayRunner, RunReport
+from pipeline.store import Dataset
+from pipeline.urls import ingest_urls
+
+
+class StepFailed(RuntimeError):
+    """Some shards still failed after all retries; the report says which and why."""
+
+    def __init__(self, report: RunReport):
+        self.report = report
+        first = report.failed[0]
+        super().__init__(
+            f"{report.stage}: {len(report.failed)} of {report.shards_total} shards failed after retries "
+            f"(first: {first.shard}: {(first.error or '').splitlines()[0]})"
+        )
+
+
+def make_runner(recipe: Recipe, progress: bool = True) -> LocalRunner | RayRunner:
+    if recipe.runner_kind == "local":
+        return LocalRunner(retries=recipe.retries, progress=progress)
+    return RayRunner(address=recipe.runner_address, retries=recipe.retries, progress=progress)
+
+
+def _finish(dataset: Dataset, report: RunReport) -> dict[str, Any]:
+    Catalog(dataset).refresh()
+    if report.failed:
+        raise StepFailed(report)
+    return report.as_dict()
+
+
+def crawl(dataset: Dataset, url_files: list[str], recipe: Recipe, runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+    ingest = ingest_urls(dataset, url_files, url_col=recipe.url_col, caption_col=recipe.caption_col, shard_rows=recipe.shard_rows)
+    report = runner.run("crawl", recipe.crawl_params, dataset, S.URLS, S.RAW, overwrite=overwrite)
+    out = _finish(dataset, report)
+    out["ingest"] = vars(ingest)
+    # Rates cover the shards crawled by this call only; resumed shards were done earlier.
+    ok = total = 0
+    for result in report.results:
+        counts = result.stats.get("counts", {})
+        ok += counts.get(f"status:{S.STATUS_SUCCESS}", 0)
+        total += sum(v for k, v in counts.items() if k.startswith("status:"))
+    out["crawled_rows"] = total
+    out["success_rate"] = ok / total if total else None
+    out["images_per_second"] = ok / report.seconds if total else None
+    return out
+
+
+def score(dataset: Dataset, runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+    return _finish(dataset, runner.run("score", {}, dataset, S.RAW, S.SCORES, overwrite=overwrite))
+
+
+def curate(dataset: Dataset, thresholds: dict[str, Any]) -> list[dict[str, Any]]:
+    """Set the thresholds and recreate the views; nothing is recomputed. Returns the funnel."""
+    catalog = Catalog(dataset)
+    catalog.set_thresholds(thresholds)
+    catalog.refresh()
+    return catalog.query("SELECT * FROM funnel").to_pylist()
+
+
+def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+    # Reads the curated view shard by shard (its `shard` column is the raw shard), so only
+    # curated captions get negatives, and a rerun after a threshold change needs --overwrite.
+    report = runner.run("negatives", params, dataset, S.RAW, S.NEG_TEXT, input_view="curated", overwrite=overwrite)
+    return _finish(dataset, report)
+
+
+def export(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+    report = runner.run("export", params, dataset, S.RAW, S.TRAIN, input_view="export_rows", overwrite=overwrite)
+    return _finish(dataset, report)

@@ -1,0 +1,2 @@
+"""DuckDB views over a foil dataset. Each .sql file here is run, in name order, by
+`pipeline.catalog.Catalog.refresh`; `${name}` placeholders are curation thresholds."""

@@ -1,0 +1,81 @@
+"""Training and evaluation as steps over a dataset: run, then record results in the catalog.
+
+`train` runs the Ray Train job and records the run (table `runs`) and its training curve
+(table `metrics`, split `train`); `evaluate` loads a checkpoint into an open_clip model and
+records retrieval and hard-negative accuracy (table `metrics`, split `eval`). Each run appends
+its own shard, named after the run, so several runs live side by side.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schema as S
+from pipeline.catalog import Catalog
+from pipeline.store import Dataset
+from training import model as M
+from training.evaluate import evaluate as evaluate_rows
+from training.ray_train import TrainConfig, TrainResult, fit
+
+
+def run_id_for(cfg: TrainConfig, dataset: Dataset, name: str) -> str:
+    digest = hashlib.blake2b(json.dumps([name, dataset.url, cfg.__dict__], sort_keys=True, default=str).encode(), digest_size=4)
+    return f"{name}-{digest.hexdigest()}"
+
+
+def _append(dataset: Dataset, table: str, shard: str, rows: pa.Table, stage: str) -> None:
+    out = dataset.table(table)
+    out.write_shard(shard, rows, stats={"rows_out": rows.num_rows})
+    out.write_manifest(stage, {"stage": stage}, [S.TRAIN])
+
+
+def _metric_rows(run_id: str, split: str, step: int, values: dict[str, float]) -> dict[str, list]:
+    names = sorted(values)
+    return {
+        S.RUN_ID: [run_id] * len(names),
+        S.SPLIT: [split] * len(names),
+        S.STEP: [step] * len(names),
+        S.NAME: names,
+        S.VALUE: [float(values[n]) for n in names],
+    }
+
+
+def train(dataset: Dataset, cfg: TrainConfig, out_dir: str, workers: int = 1, use_gpu: bool = False, name: str = "foil-train", address: str | None = None) -> tuple[str, TrainResult]:
+    run_id = run_id_for(cfg, dataset, name)
+    result = fit(dataset.root, cfg, out_dir, workers=workers, use_gpu=use_gpu, run_name=run_id, address=address)
+    curve: dict[str, list] = {c: [] for c in S.METRICS_SCHEMA.names}
+    for row in result.history:
+        step = int(row.get("step", 0))
+        values = {k: v for k, v in row.items() if k in ("loss", "loss_image", "loss_text", "lr", "logit_scale", "samples_per_second")}
+        for col, vals in _metric_rows(run_id, "train", step, values).items():
+            curve[col].extend(vals)
+    _append(dataset, S.METRICS, f"{run_id}-train", pa.table(curve, schema=S.METRICS_SCHEMA), "train")
+    throughput = [r["samples_per_second"] for r in result.history if r.get("samples_per_second")]
+    run = {
+        S.RUN_ID: [run_id],
+        "started_at": [dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")],
+        "config": [json.dumps({**result.config, "workers": workers, "use_gpu": use_gpu})],
+        "checkpoint": [result.model_weights],
+        "steps": [result.steps],
+        "samples_per_second": [sum(throughput) / len(throughput) if throughput else 0.0],
+    }
+    _append(dataset, S.RUNS, run_id, pa.table(run, schema=S.RUNS_SCHEMA), "train")
+    Catalog(dataset).refresh()
+    return run_id, result
+
+
+def evaluate(dataset: Dataset, checkpoint: str, model_name: str, run_id: str, split: str = "eval") -> dict[str, float]:
+    """Score `checkpoint` on the dataset's `split` rows and record the metrics under `run_id`."""
+    model = M.create_model(model_name, pretrained=checkpoint)
+    rows = dataset.table(S.TRAIN).read(columns=[S.SAMPLE_ID, S.CAPTION, S.NEG_CAPTION, S.NEG_KIND, S.SPLIT, S.IMAGE])
+    rows = rows.filter(pc.equal(rows[S.SPLIT], split))
+    metrics = evaluate_rows(model, model_name, rows)
+    table = pa.table(_metric_rows(run_id, "eval", 0, metrics), schema=S.METRICS_SCHEMA)
+    _append(dataset, S.METRICS, f"{run_id}-eval", table, "eval")
+    Catalog(dataset).refresh()
+    return metrics
+

@@ -1,0 +1,111 @@
+"""The training loop: one function, read top to bottom.
+
+It knows nothing about Ray. The caller hands it a model, an iterator of decoded batches, a loss
+and where to report, so the same loop runs in a unit test, on a laptop and inside Ray Train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from training.model import normalize
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    grad_accum: int = 1
+    use_negatives: bool = True
+    bf16: bool = False  # autocast to bfloat16 (GPU)
+    log_every: int = 10
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
+    # No weight decay on gains, biases, embeddings and the temperature, as in CLIP.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+
+
+def train_loop(
+    model: nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: LoopConfig,
+    start_step: int = 0,
+    device: torch.device = torch.device("cpu"),
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> int:
+    """Train from `start_step` until `cfg.steps` optimizer steps. Returns the last step done."""
+    model.train()
+    step = start_step
+    micro = 0
+    seen = 0
+    tick = time.perf_counter()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    while step < cfg.steps:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        images = normalize(batch["image"].to(device, non_blocking=True))  # [B, 3, H, W]
+        texts = batch["text"].to(device)  # [B, ctx]
+        with autocast:
+            out = model(image=images, text=texts)  # image_features, text_features, logit_scale
+            if cfg.use_negatives:
+                out["negative_text_features"] = model.encode_text(batch["negative_text"].to(device), normalize=True)
+                out["has_negative"] = batch["has_negative"].to(device)
+            losses = loss_fn(**out)
+        (losses["loss"] / cfg.grad_accum).backward()
+        micro += 1
+        seen += images.shape[0]
+        if micro % cfg.grad_accum:
+            continue
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        with torch.no_grad():  # CLIP clamps the learned temperature at 100
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        if on_step is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+            elapsed = time.perf_counter() - tick
+            on_step(
+                step,
+                {
+                    "loss": float(losses["loss"]),
+                    "loss_image": float(losses["loss_image"]),
+                    "loss_text": float(losses["loss_text"]),
+                    "lr": scheduler.get_last_lr()[0],
+                    "logit_scale": float(model.logit_scale.exp()),
+                    "samples_per_second": seen / elapsed if elapsed > 0 else 0.0,
+                },
+            )
+            seen, tick = 0, time.perf_counter()
+    return step

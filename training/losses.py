@@ -1,0 +1,61 @@
+"""Contrastive losses as modules. Their `forward` arguments are the model's output dict keys.
+
+`ContrastiveLoss` is CLIP's InfoNCE, extended with text hard negatives in NegCLIP's layout: the
+image side scores each image against [T; T_neg], all positive captions of the global batch
+followed by all negative captions, so each negative competes with the true caption; the text
+side is plain CLIP (captions against images). Rows without a negative have their negative
+column masked out. Features are gathered from every worker; the local chunk keeps its gradient
+(open_clip's `gather_with_grad=False` scheme), and rank and world size are passed in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_features(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    if world_size == 1:
+        return x
+    chunks = [torch.zeros_like(x) for _ in range(world_size)]
+    dist.all_gather(chunks, x.detach())
+    chunks[rank] = x  # keep the gradient of the local features
+    return torch.cat(chunks, dim=0)
+
+
+class ContrastiveLoss(nn.Module):
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank = rank
+        self.world_size = world_size
+
+    def forward(
+        self,
+        image_features: torch.Tensor,  # [B, D], L2-normalised
+        text_features: torch.Tensor,  # [B, D]
+        logit_scale: torch.Tensor,  # scalar, already exp()'d by open_clip
+        negative_text_features: torch.Tensor | None = None,  # [B, D]
+        has_negative: torch.Tensor | None = None,  # [B] bool
+        **_: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        images = gather_features(image_features, self.rank, self.world_size)  # [N, D], N = B * world
+        texts = gather_features(text_features, self.rank, self.world_size)  # [N, D]
+        n = images.shape[0]
+        labels = torch.arange(n, device=images.device)
+
+        candidates = texts
+        if negative_text_features is not None:
+            negatives = gather_features(negative_text_features, self.rank, self.world_size)  # [N, D]
+            candidates = torch.cat([texts, negatives], dim=0)  # [2N, D]
+        logits_per_image = logit_scale * images @ candidates.T  # [N, N] or [N, 2N]
+        if negative_text_features is not None and has_negative is not None:
+            mask = gather_features(has_negative.float(), self.rank, self.world_size) > 0  # [N]
+            invalid = torch.cat([torch.zeros(n, dtype=torch.bool, device=images.device), ~mask])
+            logits_per_image = logits_per_image.masked_fill(invalid.unsqueeze(0), float("-inf"))
+        logits_per_text = logit_scale * texts @ images.T  # [N, N]
+
+        loss_i = F.cross_entropy(logits_per_image, labels)
+        loss_t = F.cross_entropy(logits_per_text, labels)
+        return {"loss": (loss_i + loss_t) / 2, "loss_image": loss_i.detach(), "loss_text": loss_t.detach()}

@@ -1,0 +1,233 @@
+"""Ray Train entry point: a `TorchTrainer` job around `training.loop.train_loop`.
+
+Data streams from the `train` table's parquet shards through Ray Data (each worker gets its
+own split, so a dataset larger than memory works). Parquet reads are I/O-bound and are given no
+CPU reservation, so they do not starve the training workers on a small machine; each worker
+decodes its own batches.
+
+Rank 0 writes a checkpoint every `checkpoint_every` steps and at the end. A checkpoint holds
+`open_clip_model.pt` (open_clip's state-dict format, loadable with
+`open_clip.create_model_and_transforms(arch, pretrained=PATH)`) and `train_state.pt`
+(optimizer, scheduler, step). Rerunning with the same output folder and run name resumes from the
+last checkpoint: Ray Train restores its checkpoint manager from storage.
+
+This module and flows/ are the only places that import Ray in training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+
+from pipeline import schema as S
+from pipeline.stage import ConfigError
+from training import model as M
+from training.data import BatchDecoder
+from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
+from training.losses import ContrastiveLoss
+
+CHECKPOINT_MODEL = "open_clip_model.pt"
+CHECKPOINT_STATE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe, validated once at the edge (`from_dict`)."""
+
+    model: str = "foil-tiny-vit"
+    steps: int = 50
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 5
+    grad_accum: int = 1
+    use_negatives: bool = True
+    checkpoint_every: int = 25
+    log_every: int = 5
+    seed: int = 0
+    pretrained: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "train") -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown field; known: {', '.join(sorted(known))}")
+        cfg = cls(**values)
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{where}.{name}: must be a positive integer, got {value!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}.{name}: must be a non-negative number, got {value!r}")
+        if not isinstance(cfg.use_negatives, bool):
+            raise ConfigError(f"{where}.use_negatives: must be true or false, got {cfg.use_negatives!r}")
+        try:
+            M.model_config(cfg.model)
+        except KeyError as exc:
+            raise ConfigError(f"{where}.model: {exc.args[0]}") from None
+        return cfg
+
+    def loop_config(self, bf16: bool) -> LoopConfig:
+        return LoopConfig(
+            steps=self.steps, lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+            grad_accum=self.grad_accum, use_negatives=self.use_negatives, bf16=bf16, log_every=self.log_every,
+        )
+
+
+def _endless_batches(shard: Any, batch_size: int, decode: BatchDecoder, device: torch.device, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    epoch = 0
+    while True:
+        produced = 0
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=batch_size * 4, local_shuffle_seed=seed + epoch):
+            decoded = decode(batch)
+            produced += 1
+            yield {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in decoded.items()}
+        if produced == 0:
+            raise RuntimeError(f"this worker's data split has fewer than batch_size={batch_size} training rows")
+        epoch += 1
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config["train"])
+    use_gpu = config["use_gpu"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+
+    model = M.create_model(cfg.model, pretrained=cfg.pretrained, device=device)
+    optimizer = make_optimizer(model, cfg.loop_config(use_gpu))
+    scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            weights = torch.load(Path(ckpt_dir) / CHECKPOINT_MODEL, map_location=device, weights_only=True)
+            model.load_state_dict(weights["state_dict"])
+            state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_step = state["step"]
+    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    core = model.module if hasattr(model, "module") else model
+
+    decode = BatchDecoder(cfg.model)
+    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, decode, device, cfg.seed)
+    loss_fn = ContrastiveLoss(rank=rank, world_size=world)
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if rank == 0:  # progress, forwarded to the driver's console by Ray
+            print(
+                f"[foil train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} "
+                f"lr {metrics['lr']:.2e} {metrics['samples_per_second']:.1f} samples/s/worker",
+                flush=True,
+            )
+        metrics = {**metrics, "step": step}
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    M.save_open_clip_checkpoint(core, Path(tmp) / CHECKPOINT_MODEL, step, cfg.model)
+                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, Path(tmp) / CHECKPOINT_STATE)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_step_{step:07d}")
+        else:
+            ray.train.report(metrics)
+
+    # The loop calls model(image=..., text=...) and model.encode_text: DDP forwards the former.
+    train_loop(_Forwarder(model, core), batches, loss_fn, optimizer, scheduler, cfg.loop_config(use_gpu), start_step, device, on_step)
+
+
+class _Forwarder(torch.nn.Module):
+    """Lets the loop call `encode_text` on the inner model while `forward` goes through DDP."""
+
+    def __init__(self, wrapped: torch.nn.Module, core: torch.nn.Module):
+        super().__init__()
+        self.wrapped = wrapped
+        self.core = core
+        self.logit_scale = core.logit_scale
+
+    def forward(self, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.wrapped(**kwargs)
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.core.encode_text(text, normalize=normalize)
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    checkpoint_dir: str
+    model_weights: str
+    steps: int
+    seconds: float
+    history: list[dict[str, float]]
+    config: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use_gpu: bool = False, run_name: str = "foil-train", address: str | None = None) -> TrainResult:
+    """Train on the `train` split of `<dataset>/train/*.parquet`; checkpoints under `out_dir/run_name`."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.runners import ensure_ray
+
+    ensure_ray(address)
+    files = sorted(str(p) for p in Path(dataset_root, S.TRAIN).glob("*.parquet"))
+    if not files:
+        raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
+    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE]
+    data = ray.data.read_parquet(files, columns=columns, filter=pads.field(S.SPLIT) == "train", ray_remote_args={"num_cpus": 0})
+    start = time.perf_counter()
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"train": {k: v for k, v in asdict(cfg).items() if k != "extra"}, "use_gpu": use_gpu},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=os.path.abspath(out_dir),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=1),
+        ),
+        datasets={"train": data},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    history = []
+    if result.metrics_dataframe is not None:
+        history = result.metrics_dataframe.to_dict(orient="records")
+    ckpt_dir = result.checkpoint.path
+    return TrainResult(
+        run_name=run_name,
+        checkpoint_dir=ckpt_dir,
+        model_weights=str(Path(ckpt_dir) / CHECKPOINT_MODEL),
+        steps=int(result.metrics.get("step", cfg.steps)),
+        seconds=time.perf_counter() - start,
+        history=history,
+        config=json.loads(json.dumps(asdict(cfg))),
+    )
