@@ -99,11 +99,11 @@ def train_loop(
             on_step(
                 step,
                 {
-                    "loss": float(losses["loss"]),
+                    "loss": float(losses["loss"].detach()),
                     "loss_image": float(losses["loss_image"]),
                     "loss_text": float(losses["loss_text"]),
                     "lr": scheduler.get_last_lr()[0],
-                    "logit_scale": float(model.logit_scale.exp()),
+                    "logit_scale": float(model.logit_scale.detach().exp()),
                     "samples_per_second": seen / elapsed if elapsed > 0 else 0.0,
                 },
             )

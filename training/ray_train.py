@@ -17,7 +17,6 @@ This module and flows/ are the only places that import Ray in training.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow.dataset as pads
 import torch
 
 from pipeline import schema as S
@@ -132,8 +130,14 @@ def train_func(config: dict[str, Any]) -> None:
     batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, decode, device, cfg.seed)
     loss_fn = ContrastiveLoss(rank=rank, world_size=world)
 
+    curve = Path(config["curve_path"])
+
     def on_step(step: int, metrics: dict[str, float]) -> None:
-        if rank == 0:  # progress, forwarded to the driver's console by Ray
+        if rank == 0:
+            # Ray keeps only the metrics reported with checkpoints; the full curve goes to a file.
+            with curve.open("a") as f:
+                f.write(json.dumps({**metrics, "step": step}) + "\n")
+            # progress, forwarded to the driver's console by Ray
             print(
                 f"[foil train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} "
                 f"lr {metrics['lr']:.2e} {metrics['samples_per_second']:.1f} samples/s/worker",
@@ -190,6 +194,7 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     import ray
     import ray.data
     import ray.train
+    from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
     from pipeline.runners import ensure_ray
@@ -198,16 +203,23 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     files = sorted(str(p) for p in Path(dataset_root, S.TRAIN).glob("*.parquet"))
     if not files:
         raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
-    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE]
-    data = ray.data.read_parquet(files, columns=columns, filter=pads.field(S.SPLIT) == "train", ray_remote_args={"num_cpus": 0})
+    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]
+    run_dir = Path(out_dir).resolve() / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    curve_path = run_dir / "curve.jsonl"
+    data = ray.data.read_parquet(files, columns=columns, ray_remote_args={"num_cpus": 0}).filter(expr=col(S.SPLIT) == "train", num_cpus=0)
     start = time.perf_counter()
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"train": {k: v for k, v in asdict(cfg).items() if k != "extra"}, "use_gpu": use_gpu},
+        train_loop_config={
+            "train": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+            "use_gpu": use_gpu,
+            "curve_path": str(curve_path),
+        },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=os.path.abspath(out_dir),
+            storage_path=str(Path(out_dir).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=1),
         ),
@@ -218,9 +230,13 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
         raise RuntimeError(f"training failed: {result.error}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    history = []
-    if result.metrics_dataframe is not None:
-        history = result.metrics_dataframe.to_dict(orient="records")
+    by_step: dict[int, dict[str, float]] = {}  # a resumed run rewrites steps after its checkpoint
+    if curve_path.exists():
+        for line in curve_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_step[int(row["step"])] = row
+    history = [by_step[s] for s in sorted(by_step)]
     ckpt_dir = result.checkpoint.path
     return TrainResult(
         run_name=run_name,

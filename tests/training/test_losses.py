@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.losses import ContrastiveLoss
+
+
+def _feats(n=8, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(n, d, generator=g), dim=-1) for _ in range(3)]
+
+
+def test_matches_clip_infonce_without_negatives():
+    img, txt, _ = _feats()
+    scale = torch.tensor(10.0)
+    out = ContrastiveLoss()(img, txt, scale)["loss"]
+    logits = scale * img @ txt.T
+    labels = torch.arange(8)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    assert torch.allclose(out, expected)
+
+
+def test_hard_negatives_enter_the_image_side_only():
+    img, txt, neg = _feats()
+    scale = torch.tensor(10.0)
+    plain = ContrastiveLoss()(img, txt, scale)
+    with_neg = ContrastiveLoss()(img, txt, scale, negative_text_features=neg, has_negative=torch.ones(8, dtype=torch.bool))
+    assert with_neg["loss_image"] > plain["loss_image"]
+    assert torch.allclose(with_neg["loss_text"], plain["loss_text"])
+
+
+def test_rows_without_a_negative_are_masked_out():
+    img, txt, neg = _feats()
+    scale = torch.tensor(10.0)
+    plain = ContrastiveLoss()(img, txt, scale)["loss"]
+    masked = ContrastiveLoss()(img, txt, scale, negative_text_features=neg, has_negative=torch.zeros(8, dtype=torch.bool))["loss"]
+    assert torch.allclose(plain, masked)
+
+
+def test_a_negative_identical_to_the_positive_costs_log2():
+    img = F.normalize(torch.eye(4), dim=-1)
+    scale = torch.tensor(100.0)
+    out = ContrastiveLoss()(img, img, scale, negative_text_features=img, has_negative=torch.ones(4, dtype=torch.bool))
+    assert abs(out["loss_image"].item() - torch.log(torch.tensor(2.0)).item()) < 1e-4

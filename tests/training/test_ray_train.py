@@ -1,0 +1,53 @@
+"""A real Ray Train job: 2 CPU workers, the tiny model, a few steps, results in the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import pyarrow as pa
+
+from pipeline import schema as S
+from pipeline.catalog import Catalog
+from pipeline.store import Dataset
+from training import jobs
+from training.ray_train import TrainConfig
+
+
+def _train_table(emoji_dir: Path, items) -> pa.Table:
+    rows = {name: [] for name in S.TRAIN_SCHEMA.names}
+    for i, it in enumerate(items):
+        rows[S.SAMPLE_ID].append(f"{i:016x}")
+        rows[S.CAPTION].append(it.caption)
+        rows[S.NEG_CAPTION].append(items[(i + 1) % len(items)].caption if i % 2 else None)
+        rows[S.NEG_KIND].append("replace_object" if i % 2 else None)
+        rows[S.SPLIT].append("eval" if i % 5 == 0 else "train")
+        rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+    return pa.table(rows, schema=S.TRAIN_SCHEMA)
+
+
+def test_two_worker_training_records_run_curve_and_eval(tmp_path, emoji_dir, few_emoji, ray_local):
+    ds = Dataset(tmp_path / "ds")
+    train = ds.table(S.TRAIN)
+    train.write_shard("part-00000", _train_table(emoji_dir, few_emoji[:20]))
+    train.write_shard("part-00001", _train_table(emoji_dir, few_emoji[20:40]))
+    train.write_manifest("export", {}, [S.RAW])
+
+    cfg = TrainConfig.from_dict({"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1})
+    run_id, result = jobs.train(ds, cfg, str(tmp_path / "ckpt"), workers=2)
+    assert result.steps == 4
+    assert Path(result.model_weights).is_file() and "checkpoint_step_0000004" in result.model_weights
+    assert [int(r["step"]) for r in result.history] == [1, 2, 3, 4]
+
+    model, _, _ = open_clip.create_model_and_transforms("foil-tiny-vit", pretrained=result.model_weights)
+    assert model is not None
+
+    metrics = jobs.evaluate(ds, result.model_weights, "foil-tiny-vit", run_id)
+    assert metrics["eval_rows"] == 8 and 0.0 <= metrics["image_to_text_R@1"] <= 1.0
+
+    cat = Catalog(ds)
+    assert cat.query("select count(*) n from runs").column("n")[0].as_py() == 1
+    steps = cat.query(f"select distinct step from train_metrics where run_id = '{run_id}' order by step").column("step").to_pylist()
+    assert steps == [1, 2, 3, 4]
+    names = set(cat.query("select name from eval_metrics").column("name").to_pylist())
+    assert {"image_to_text_R@1", "text_to_image_R@1", "hard_negative_accuracy"} <= names
