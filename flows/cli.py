@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import decimal
 import io
 import json
 import os
@@ -119,11 +120,19 @@ def _cell(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, decimal.Decimal):  # DuckDB's sum() of integers is a HUGEINT/DECIMAL
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 def format_rows(table: Any, fmt: str, max_rows: int = 100) -> str:
     rows = table.to_pylist()
     cols = table.column_names
     if fmt == "json":
-        return json.dumps(rows, default=lambda v: f"<{len(v)} bytes>" if isinstance(v, bytes) else str(v), indent=1)
+        return json.dumps(rows, default=_json_value, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -163,13 +172,11 @@ def cmd_fetch_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.recipe import load_recipe
     from pipeline.report import render_markdown
     from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
 
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit: must be positive, got {args.limit}")
-    load_recipe(args.recipe)  # fail on a bad recipe before starting anything
     sample = Path(args.sample_dir) if args.sample_dir else fetch_emoji_sample()
     items = emoji_items(sample, args.limit)
     out = Path(args.out).resolve()
@@ -190,8 +197,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     if args.command == "crawl":
         from pipeline.recipe import load_recipe
+        from pipeline.urls import check_url_files
 
-        load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe)
+        check_url_files(args.urls, args.url_col or recipe.url_col, args.caption_col or recipe.caption_col)
         report = F.crawl_flow(args.dataset, args.urls, args.recipe, args.overwrite, url_col=args.url_col, caption_col=args.caption_col)
     elif args.command == "score":
         report = F.score_flow(args.dataset, args.recipe, args.overwrite)
@@ -253,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.store import StoreError
 
     try:
+        if getattr(args, "recipe", None):
+            from pipeline.recipe import load_recipe
+
+            load_recipe(args.recipe)  # a bad recipe fails here, before any flow starts
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, QueryRefused, StoreError) as exc:
         print(f"foil {args.command}: error: {exc}", file=sys.stderr)

@@ -68,6 +68,14 @@ def read_url_file(path: str, url_col: str, caption_col: str | None) -> pa.Table:
     return pa.table({S.URL: table[url_col].cast(pa.string()), S.CAPTION: caption.cast(pa.string())})
 
 
+def check_url_files(files: list[str], url_col: str = "url", caption_col: str | None = "caption") -> None:
+    """Cheap up-front check (format, readability, columns) so bad input fails before any work."""
+    if not files:
+        raise ConfigError("no url list given")
+    for path in files:
+        read_url_file(path, url_col, caption_col)
+
+
 def ingest_urls(dataset: Dataset, files: list[str], url_col: str = "url", caption_col: str | None = "caption", shard_rows: int = 1000) -> IngestReport:
     """Write the `urls` table. Rerunning with the same files produces the same shards."""
     if shard_rows <= 0:
