@@ -12,6 +12,7 @@ This module is the only place in pipeline/ that imports Ray, and only inside `Ra
 
 from __future__ import annotations
 
+import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -194,7 +195,12 @@ class RayRunner(_Runner):
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Start (or connect to) Ray once per process. Locally: no dashboard, so port 8265 stays free."""
+    """Start (or connect to) Ray once per process.
+
+    The local cluster gets its dashboard (Ray's state API lives there, and Ray Train's
+    placement-group cleaner polls it) on a free port rather than 8265, which Prefect's temporary
+    server may already hold.
+    """
     import ray
 
     if ray.is_initialized():
@@ -202,4 +208,7 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False, configure_logging=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, configure_logging=False)
