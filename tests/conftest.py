@@ -6,6 +6,8 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -14,7 +16,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+from pipeline import schema as S  # noqa: E402
 from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample  # noqa: E402
+from pipeline.store import Dataset, shard_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,3 +57,29 @@ def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (48, 48)) -> 
 @pytest.fixture
 def few_emoji(emoji_dir: Path):
     return emoji_items(emoji_dir, 40)
+
+
+def noise_png(rng: np.random.Generator, size: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_raw(ds: Dataset, shards: int, rows: int, size: int = 32, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    raw = ds.table(S.RAW)
+    for s in range(shards):
+        out = {name: [] for name in S.RAW_SCHEMA.names}
+        for i in range(rows):
+            url = f"http://h/{s}/{i}.png"
+            out[S.SAMPLE_ID].append(S.sample_id(url, f"caption {i}"))
+            out[S.URL].append(url)
+            out[S.CAPTION].append(f"caption {i}")
+            out[S.STATUS].append("success")
+            out[S.IMAGE].append(noise_png(rng, size))
+            for col in (S.ERROR, S.WIDTH, S.HEIGHT, S.ORIGINAL_WIDTH, S.ORIGINAL_HEIGHT, S.SHA256):
+                out[col].append(None)
+        raw.write_shard(shard_name(s), pa.table(out, schema=S.RAW_SCHEMA))
+    raw.write_manifest("crawl", {}, [S.URLS])

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,38 +19,10 @@ import pytest
 from pipeline import schema as S
 from pipeline.runners import LocalRunner, RayRunner
 from pipeline.stage import ConfigError, Stage, register
-from pipeline.store import Dataset, shard_name
-from tests.conftest import png_bytes
+from pipeline.store import Dataset
+from tests.conftest import make_raw
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _noise_png(rng: np.random.Generator, size: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_raw(ds: Dataset, shards: int, rows: int, size: int = 32, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    raw = ds.table(S.RAW)
-    for s in range(shards):
-        out = {name: [] for name in S.RAW_SCHEMA.names}
-        for i in range(rows):
-            url = f"http://h/{s}/{i}.png"
-            out[S.SAMPLE_ID].append(S.sample_id(url, f"caption {i}"))
-            out[S.URL].append(url)
-            out[S.CAPTION].append(f"caption {i}")
-            out[S.STATUS].append("success")
-            out[S.IMAGE].append(_noise_png(rng, size))
-            for col in (S.ERROR, S.WIDTH, S.HEIGHT, S.ORIGINAL_WIDTH, S.ORIGINAL_HEIGHT, S.SHA256):
-                out[col].append(None)
-        raw.write_shard(shard_name(s), pa.table(out, schema=S.RAW_SCHEMA))
-    raw.write_manifest("crawl", {}, [S.URLS])
 
 
 def _scores(ds: Dataset) -> list[tuple]:
