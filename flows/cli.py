@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--urls", nargs="+", required=True, metavar="FILE", help="url lists: parquet, csv, tsv or jsonl")
     p.add_argument("--url-col", help="column holding the url (default: url)")
     p.add_argument("--caption-col", help="column holding the caption (default: caption)")
+    p.add_argument("--allow-private-addresses", action="store_true", help="allow loopback/private/link-local hosts (local testing only)")
     _add_recipe(p)
     _add_overwrite(p)
 
@@ -201,7 +202,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
         recipe = load_recipe(args.recipe)
         check_url_files(args.urls, args.url_col or recipe.url_col, args.caption_col or recipe.caption_col)
-        report = F.crawl_flow(args.dataset, args.urls, args.recipe, args.overwrite, url_col=args.url_col, caption_col=args.caption_col)
+        report = F.crawl_flow(
+            args.dataset, args.urls, args.recipe, args.overwrite, url_col=args.url_col, caption_col=args.caption_col,
+            allow_private_addresses=args.allow_private_addresses,
+        )
     elif args.command == "score":
         report = F.score_flow(args.dataset, args.recipe, args.overwrite)
     elif args.command == "negatives":

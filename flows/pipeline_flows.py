@@ -88,9 +88,11 @@ def eval_task(dataset: str, checkpoint: str, model: str, run_id: str) -> dict[st
 @flow(name="crawl")
 def crawl_flow(
     dataset: str, url_files: list[str], recipe_path: str | None = None, overwrite: bool = False,
-    url_col: str | None = None, caption_col: str | None = None,
+    url_col: str | None = None, caption_col: str | None = None, allow_private_addresses: bool = False,
 ) -> dict[str, Any]:
     recipe = _recipe(recipe_path)
+    if allow_private_addresses:
+        recipe.crawl_params = {**recipe.crawl_params, "allow_private_addresses": True}
     recipe.url_col = url_col or recipe.url_col
     recipe.caption_col = caption_col or recipe.caption_col
     return crawl_task(dataset, url_files, recipe, overwrite)

@@ -5,7 +5,7 @@
 - one view per table (`raw`, `scores`, ...) over that table's committed shards, with a `shard`
   column naming the shard each row came from (runners use it to read a view shard by shard);
 - then every `sql/*.sql` file in name order, rendered with the curation thresholds
-  (`${min_width}` and friends). A file whose tables do not exist yet is skipped and listed in
+  (`${min_width}` and friends) and the dataset folder (`${dataset}`). A file whose tables do not exist yet is skipped and listed in
   the `foil_views` table with the reason, and picked up by a later refresh.
 
 `query` opens the file read-only and refuses any statement that is not a read (CREATE, INSERT,
@@ -104,9 +104,11 @@ class Catalog:
                     f"FROM read_parquet('{glob}', filename = true, union_by_name = true)"
                 )
                 status[name] = "ok"
+            values = {k: repr(v) for k, v in thresholds.items()}
+            values["dataset"] = self.dataset.root.replace("'", "''")  # used inside SQL string literals
             for f in sql_files():
                 try:
-                    text = string.Template(f.text).substitute({k: repr(v) for k, v in thresholds.items()})
+                    text = string.Template(f.text).substitute(values)
                 except KeyError as exc:
                     raise ConfigError(f"sql/{f.name}: unknown threshold ${{{exc.args[0]}}}") from None
                 try:

@@ -31,6 +31,7 @@ IMAGE = "image"
 # raw
 STATUS = "status"
 ERROR = "error"
+ERROR_KIND = "error_kind"
 WIDTH = "width"
 HEIGHT = "height"
 ORIGINAL_WIDTH = "original_width"
@@ -75,6 +76,7 @@ RAW_SCHEMA = pa.schema(
         (CAPTION, pa.string()),
         (STATUS, pa.string()),
         (ERROR, pa.string()),
+        (ERROR_KIND, pa.string()),
         (WIDTH, pa.int32()),
         (HEIGHT, pa.int32()),
         (ORIGINAL_WIDTH, pa.int32()),

@@ -79,7 +79,7 @@ def make_raw(ds: Dataset, shards: int, rows: int, size: int = 32, seed: int = 0)
             out[S.CAPTION].append(f"caption {i}")
             out[S.STATUS].append("success")
             out[S.IMAGE].append(noise_png(rng, size))
-            for col in (S.ERROR, S.WIDTH, S.HEIGHT, S.ORIGINAL_WIDTH, S.ORIGINAL_HEIGHT, S.SHA256):
+            for col in (S.ERROR, S.ERROR_KIND, S.WIDTH, S.HEIGHT, S.ORIGINAL_WIDTH, S.ORIGINAL_HEIGHT, S.SHA256):
                 out[col].append(None)
         raw.write_shard(shard_name(s), pa.table(out, schema=S.RAW_SCHEMA))
     raw.write_manifest("crawl", {}, [S.URLS])

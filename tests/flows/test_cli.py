@@ -104,3 +104,25 @@ def test_crawl_with_a_bad_url_list_names_file_and_column(tmp_path):
     urls.write_text("link,text\nhttp://127.0.0.1/a.png,a\n")
     proc = foil("crawl", "--dataset", str(tmp_path / "ds"), "--urls", str(urls), timeout=300)
     assert_one_line_error(proc, "urls.csv: no column 'url' (set --url-col)")
+
+
+def test_crawl_command_reports_rates_and_feeds_crawl_stats(tmp_path, emoji_server, few_emoji):
+    urls = tmp_path / "urls.jsonl"
+    lines = [json.dumps({"url": f"{emoji_server.url}/img/google/64/{it.image}", "caption": it.caption}) for it in few_emoji[:12]]
+    lines.append(json.dumps({"url": f"{emoji_server.url}/nope.png", "caption": "missing"}))
+    urls.write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("runner: {kind: local}\ncrawl: {shard_rows: 5, params: {image_size: 32, encode_format: png}}\n")
+    ds = tmp_path / "ds"
+
+    blocked = foil("crawl", "--dataset", str(ds), "--urls", str(urls), "--recipe", str(recipe), timeout=300)
+    assert blocked.returncode == 0, blocked.stderr[-2000:]
+    assert json.loads(blocked.stdout)["stats"]["counts"]["status:blocked_address"] == 13
+
+    proc = foil("crawl", "--dataset", str(ds), "--urls", str(urls), "--recipe", str(recipe), "--allow-private-addresses", "--overwrite", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["success_rate"] == 12 / 13 and report["images_per_second"] > 0
+    assert report["ingest"]["rows"] == 13 and report["shards_total"] == 3
+    rows = Catalog(Dataset(ds)).query("select status, error_kind, sum(rows) as n from crawl_stats group by all order by status").to_pylist()
+    assert [(r["status"], r["error_kind"], int(r["n"])) for r in rows] == [("failed_to_download", "http_404", 1), ("success", None, 12)]

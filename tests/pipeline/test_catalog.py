@@ -26,6 +26,7 @@ def _raw_rows() -> pa.Table:
         out[S.CAPTION].append(caption)
         out[S.STATUS].append(status)
         out[S.ERROR].append(None if blob else "HTTP Error 404")
+        out[S.ERROR_KIND].append(None if blob else "http_404")
         out[S.WIDTH].append(size[0] if size else None)
         out[S.HEIGHT].append(size[1] if size else None)
         out[S.ORIGINAL_WIDTH].append(size[0] if size else None)
@@ -88,6 +89,10 @@ def test_views_of_missing_tables_are_skipped_then_created(tmp_path):
     assert status["20_crawl.sql"] == "ok"
     rows = Catalog(ds).query("select status, rows from crawl_status order by status").to_pylist()
     assert rows == [{"status": "failed_to_download", "rows": 1}, {"status": "success", "rows": 4}]
+    stats = Catalog(ds).query("select status, error_kind, rows, shard_rows, shard_seconds from crawl_stats order by status").to_pylist()
+    assert [(r["status"], r["error_kind"], r["rows"], r["shard_rows"]) for r in stats] == [("failed_to_download", "http_404", 1, 5), ("success", None, 4, 5)]
+    summary = Catalog(ds).query("select * from crawl_summary").to_pylist()[0]
+    assert (summary["rows"], summary["success"], summary["success_rate"]) == (5, 4, 0.8)
 
 
 @pytest.mark.parametrize(
