@@ -132,22 +132,21 @@ class CappedResponse(http.client.HTTPResponse):
             chunks.append(chunk)
 
 
-class _GuardedHTTPConnection(http.client.HTTPConnection):
+class _PolicyMixin:
+    """Gives an http.client connection a policy and a capped response class."""
+
     def __init__(self, *args: Any, policy: FetchPolicy, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.policy = policy
         self.response_class = _response_factory(policy)
 
+
+class _GuardedHTTPConnection(_PolicyMixin, http.client.HTTPConnection):
     def connect(self) -> None:
         self.sock = _checked_connection(self.host, self.port, self.timeout, self.policy)
 
 
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, policy: FetchPolicy, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.policy = policy
-        self.response_class = _response_factory(policy)
-
+class _GuardedHTTPSConnection(_PolicyMixin, http.client.HTTPSConnection):
     def connect(self) -> None:
         sock = _checked_connection(self.host, self.port, self.timeout, self.policy)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)

@@ -83,3 +83,21 @@ def make_raw(ds: Dataset, shards: int, rows: int, size: int = 32, seed: int = 0)
                 out[col].append(None)
         raw.write_shard(shard_name(s), pa.table(out, schema=S.RAW_SCHEMA))
     raw.write_manifest("crawl", {}, [S.URLS])
+
+
+def sigkill_after_shards(cmd: list[str], markers: Path, after: int, cwd: Path, timeout: float = 180) -> int:
+    """Start `cmd`, SIGKILL it once `after` shard markers exist in `markers`; return how many exist."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if markers.exists() and len(list(markers.glob("*.json"))) >= after:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(markers.glob("*.json")))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import random
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -20,6 +18,7 @@ from pipeline import steps
 from pipeline.recipe import parse_recipe
 from pipeline.sample import IMAGE_SUBDIR, ImageServer
 from pipeline.store import Dataset
+from tests.conftest import sigkill_after_shards
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS, ROWS = 12, 30
@@ -70,16 +69,8 @@ def test_sigkill_mid_crawl_then_rerun_matches_an_uninterrupted_crawl(tmp_path, e
         killed = Dataset(tmp_path / "killed")
         markers = tmp_path / "killed" / S.RAW / "_shards"
         kill_after = random.Random(os.getpid()).randint(1, SHARDS - 3)
-        proc = subprocess.Popen([sys.executable, "-c", CRAWL, killed.root, str(url_file)], cwd=REPO)
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
-            if markers.exists() and len(list(markers.glob("*.json"))) >= kill_after:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, "the crawl finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert 0 < len(list(markers.glob("*.json"))) < SHARDS
+        done = sigkill_after_shards([sys.executable, "-c", CRAWL, killed.root, str(url_file)], markers, kill_after, REPO)
+        assert 0 < done < SHARDS
 
         report = steps.crawl(killed, [str(url_file)], recipe, steps.make_runner(recipe, progress=False))
 

@@ -20,7 +20,7 @@ from pipeline import schema as S
 from pipeline.runners import LocalRunner, RayRunner
 from pipeline.stage import ConfigError, Stage, register
 from pipeline.store import Dataset
-from tests.conftest import make_raw
+from tests.conftest import make_raw, sigkill_after_shards
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,17 +130,7 @@ def test_sigkill_during_a_stage_then_rerun_gives_the_uninterrupted_result(tmp_pa
 
     markers = tmp_path / "killed" / S.SCORES / "_shards"
     kill_after = random.Random(os.getpid()).randint(2, shards - 4)
-    proc = subprocess.Popen([sys.executable, "-c", RUN_SCORE, ds.root], cwd=REPO)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if markers.exists() and len(list(markers.glob("*.json"))) >= kill_after:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-    done = len(list(markers.glob("*.json")))
+    done = sigkill_after_shards([sys.executable, "-c", RUN_SCORE, ds.root], markers, kill_after, REPO)
     assert 0 < done < shards
     visible = _visible_parquet_is_whole(tmp_path / "killed" / S.SCORES)
     assert visible >= done * 30
