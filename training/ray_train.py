@@ -131,6 +131,10 @@ def train_func(config: dict[str, Any]) -> None:
     loss_fn = ContrastiveLoss(rank=rank, world_size=world)
 
     curve = Path(config["curve_path"])
+    if rank == 0:
+        with curve.open("a") as f:  # where this attempt starts: 0, or the restored checkpoint's step
+            f.write(json.dumps({"event": "start", "step": start_step, "world_size": world}) + "\n")
+        print(f"[foil train] {'resuming at' if start_step else 'starting at'} step {start_step} of {cfg.steps}", flush=True)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         if rank == 0:
@@ -173,6 +177,18 @@ class _Forwarder(torch.nn.Module):
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self.core.encode_text(text, normalize=normalize)
+
+
+def read_curve(path: Path) -> list[dict[str, float]]:
+    """The logged steps of a run, one per step: a resumed attempt rewrites the steps after its
+    checkpoint, and the last write of a step wins. `start` events are skipped."""
+    by_step: dict[int, dict[str, float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if row and "event" not in row:
+                by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
 
 
 @dataclass
@@ -230,13 +246,7 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
         raise RuntimeError(f"training failed: {result.error}")
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    by_step: dict[int, dict[str, float]] = {}  # a resumed run rewrites steps after its checkpoint
-    if curve_path.exists():
-        for line in curve_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_step[int(row["step"])] = row
-    history = [by_step[s] for s in sorted(by_step)]
+    history = read_curve(curve_path)
     ckpt_dir = result.checkpoint.path
     return TrainResult(
         run_name=run_name,

@@ -1,0 +1,91 @@
+"""Kill a 2-worker Ray Train job with SIGKILL mid-run, rerun it, and check it resumes at the last
+checkpoint's step and ends with an open_clip-loadable checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import open_clip
+import pyarrow as pa
+import torch
+
+from pipeline import schema as S
+from pipeline.store import Dataset
+from training import model as M
+from training.ray_train import read_curve
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = {"steps": 10, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "warmup_steps": 1}
+
+TRAIN = textwrap.dedent(
+    f"""
+    import sys
+    from pipeline.store import Dataset
+    from training import jobs
+    from training.ray_train import TrainConfig
+    jobs.train(Dataset(sys.argv[1]), TrainConfig.from_dict({CONFIG!r}), sys.argv[2], workers=2, name="resume-test")
+    """
+)
+
+
+def _events(curve: Path) -> list[dict]:
+    return [json.loads(line) for line in curve.read_text().splitlines() if line.strip()] if curve.exists() else []
+
+
+def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_dir, few_emoji):
+    rows = {name: [] for name in S.TRAIN_SCHEMA.names}
+    for i, it in enumerate(few_emoji[:32]):
+        rows[S.SAMPLE_ID].append(f"{i:016x}")
+        rows[S.CAPTION].append(it.caption)
+        rows[S.NEG_CAPTION].append(None)
+        rows[S.NEG_KIND].append(None)
+        rows[S.SPLIT].append("train")
+        rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+    ds = Dataset(tmp_path / "ds")
+    ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
+    ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])
+    out = tmp_path / "ckpt"
+    cmd = [sys.executable, "-c", TRAIN, ds.root, str(out)]
+
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+    deadline = time.time() + 300
+    curve = None
+    while time.time() < deadline and proc.poll() is None:
+        curves = list(out.glob("*/curve.jsonl"))
+        curve = curves[0] if curves else None
+        if curve and any(e.get("step", 0) >= 5 and "event" not in e for e in _events(curve)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+    proc.wait()
+    killed_at = max(e["step"] for e in _events(curve) if "event" not in e)
+    assert 5 <= killed_at < CONFIG["steps"]
+
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    starts = [e for e in _events(curve) if e.get("event") == "start"]
+    assert [s["step"] for s in starts][0] == 0
+    resumed_at = starts[-1]["step"]
+    assert resumed_at % CONFIG["checkpoint_every"] == 0 and 3 <= resumed_at <= killed_at
+    assert starts[-1]["world_size"] == 2
+    after = [e["step"] for e in _events(curve)[_events(curve).index(starts[-1]) + 1 :] if "event" not in e]
+    assert after == list(range(resumed_at + 1, CONFIG["steps"] + 1))  # no step skipped, none repeated
+    assert [r["step"] for r in read_curve(curve)] == list(range(1, CONFIG["steps"] + 1))
+
+    weights = next(out.glob("*/checkpoint_step_0000010/open_clip_model.pt"))
+    M.register_foil_configs()  # foil's architectures, as a user does before loading (README)
+    loaded, _, _ = open_clip.create_model_and_transforms("foil-tiny-vit", pretrained=str(weights))
+    mine = M.create_model("foil-tiny-vit")
+    mine.load_state_dict(torch.load(weights, weights_only=True)["state_dict"])
+    text = M.tokenizer("foil-tiny-vit")(["a red apple", "a blue car"])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().encode_text(text), mine.eval().encode_text(text))
