@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the recipe's train.workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
 
+    p = sub.add_parser("submit", help="submit training to a running Ray cluster as a Ray Job; streams its logs")
+    p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    _add_dataset(p)
+    p.add_argument("--config", dest="recipe", help="recipe YAML whose `train` section is used (a path on the cluster)")
+    p.add_argument("--out", required=True, help="folder for checkpoints (a path on the cluster)")
+    p.add_argument("--workers", type=int, help="Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
+    p.add_argument("--python", default="python", help="the interpreter on the cluster that has foil installed (default: python)")
+    p.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+
     p = sub.add_parser("eval", help="retrieval and hard-negative accuracy of a checkpoint on the eval split")
     _add_dataset(p)
     p.add_argument("--checkpoint", required=True, help="open_clip state dict (open_clip_model.pt)")
@@ -245,6 +255,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from training.submit import submit, training_entrypoint
+
+    if args.workers is not None and args.workers <= 0:
+        raise UsageError(f"--workers: must be positive, got {args.workers}")
+    if not args.address.startswith(("http://", "https://")):
+        raise UsageError(f"--address: expected the job server's http(s)://HOST:PORT, got {args.address!r}")
+    entrypoint = training_entrypoint(args.python, args.dataset, args.recipe, args.out, args.workers, args.gpu)
+    _, status = submit(args.address, entrypoint, wait=not args.no_wait, log=lambda line: print(line, flush=True))
+    return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else EXIT_FAILED
+
+
 COMMANDS = {
     "sql": cmd_sql,
     "fetch-sample": cmd_fetch_sample,
@@ -256,6 +278,7 @@ COMMANDS = {
     "curate": cmd_curate,
     "train": cmd_train,
     "eval": cmd_eval,
+    "submit": cmd_submit,
 }
 
 
@@ -266,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.store import StoreError
 
     try:
-        if getattr(args, "recipe", None):
+        if getattr(args, "recipe", None) and args.command != "submit":  # submit's recipe is on the cluster
             from pipeline.recipe import load_recipe
 
             load_recipe(args.recipe)  # a bad recipe fails here, before any flow starts

@@ -12,6 +12,7 @@ This module is the only place in pipeline/ that imports Ray, and only inside `Ra
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import traceback
@@ -205,6 +206,7 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set by Ray inside a Ray Job
     if address:
         ray.init(address=address)
     else:

@@ -1,0 +1,79 @@
+"""`foil submit` against a real Ray head started with `ray start --head` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as S
+from pipeline.store import Dataset
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    gcs, dashboard = _free_port(), _free_port()
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        head.kill()
+        pytest.fail("ray head did not start")
+    yield address
+    head.terminate()  # --block: terminating it stops the cluster it started
+    head.wait(timeout=60)
+
+
+def test_submit_training_streams_logs_and_succeeds(tmp_path, ray_head, emoji_dir, few_emoji):
+    rows = {name: [] for name in S.TRAIN_SCHEMA.names}
+    for i, it in enumerate(few_emoji[:16]):
+        for col, value in ((S.SAMPLE_ID, f"{i:016x}"), (S.CAPTION, it.caption), (S.NEG_CAPTION, None), (S.NEG_KIND, None), (S.SPLIT, "train"),
+                           (S.IMAGE, (emoji_dir / "img/google/64" / it.image).read_bytes())):
+            rows[col].append(value)
+    ds = Dataset(tmp_path / "ds")
+    ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
+    ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: {steps: 4, batch_size: 4, checkpoint_every: 2, log_every: 1, warmup_steps: 1}\n")
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "submit", "--address", ray_head, "--dataset", ds.root, "--config", str(recipe),
+         "--out", str(tmp_path / "ckpt"), "--python", sys.executable],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[foil train] step 4/4" in proc.stdout  # the job's own log lines, streamed back
+    assert "SUCCEEDED" in proc.stdout.splitlines()[-1]
+    assert list((tmp_path / "ckpt").glob("*/checkpoint_step_0000004/open_clip_model.pt"))
+
+
+def test_submit_to_nothing_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "submit", "--address", f"http://127.0.0.1:{_free_port()}", "--dataset", "d", "--out", "o"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "cannot reach a Ray job server" in proc.stderr and "Traceback" not in proc.stderr
