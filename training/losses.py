@@ -1,5 +1,7 @@
 """Contrastive losses as modules. Their `forward` arguments are the model's output dict keys.
 
+Two losses, chosen by name (`LOSSES`, the recipe's `train.loss`): `clip` and `siglip`.
+
 `ContrastiveLoss` is CLIP's InfoNCE, extended with text hard negatives in NegCLIP's layout: the
 image side scores each image against [T; T_neg], all positive captions of the global batch
 followed by all negative captions, so each negative competes with the true caption; the text
@@ -59,3 +61,55 @@ class ContrastiveLoss(nn.Module):
         loss_i = F.cross_entropy(logits_per_image, labels)
         loss_t = F.cross_entropy(logits_per_text, labels)
         return {"loss": (loss_i + loss_t) / 2, "loss_image": loss_i.detach(), "loss_text": loss_t.detach()}
+
+
+class SigLipLoss(nn.Module):
+    """SigLIP's pairwise sigmoid loss, with text hard negatives as extra negative pairs.
+
+    Every (image, text) pair is a binary decision: +1 on the diagonal, -1 elsewhere, and -1 for
+    every (image, negative text) pair. Features are gathered from all workers (simpler than
+    SigLIP's ring exchange; the same result). Needs a model with a learned `logit_bias`.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.rank = rank
+        self.world_size = world_size
+
+    def forward(
+        self,
+        image_features: torch.Tensor,  # [B, D], L2-normalised
+        text_features: torch.Tensor,  # [B, D]
+        logit_scale: torch.Tensor,  # scalar, exp()'d
+        logit_bias: torch.Tensor | None = None,  # scalar
+        negative_text_features: torch.Tensor | None = None,  # [B, D]
+        has_negative: torch.Tensor | None = None,  # [B] bool
+        **_: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        if logit_bias is None:
+            raise ValueError("the siglip loss needs a model with a logit_bias (e.g. foil-tiny-vit-siglip)")
+        images = gather_features(image_features, self.rank, self.world_size)  # [N, D]
+        texts = gather_features(text_features, self.rank, self.world_size)  # [N, D]
+        n = images.shape[0]
+        logits = logit_scale * images @ texts.T + logit_bias  # [N, N]
+        labels = 2 * torch.eye(n, device=images.device) - 1  # +1 matching, -1 otherwise
+        pair_loss = -F.logsigmoid(labels * logits).sum()
+        neg_loss = torch.zeros((), device=images.device)
+        if negative_text_features is not None:
+            negatives = gather_features(negative_text_features, self.rank, self.world_size)  # [N, D]
+            neg_logits = logit_scale * images @ negatives.T + logit_bias  # [N, N], all -1 pairs
+            weight = torch.ones_like(neg_logits)
+            if has_negative is not None:
+                weight = weight * (gather_features(has_negative.float(), self.rank, self.world_size) > 0).float().unsqueeze(0)
+            neg_loss = -(F.logsigmoid(-neg_logits) * weight).sum()
+        loss = (pair_loss + neg_loss) / n
+        return {"loss": loss, "loss_image": (pair_loss / n).detach(), "loss_text": (neg_loss / n).detach()}
+
+
+LOSSES: dict[str, type[nn.Module]] = {"clip": ContrastiveLoss, "siglip": SigLipLoss}
+
+
+def build_loss(name: str, rank: int = 0, world_size: int = 1) -> nn.Module:
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    return LOSSES[name](rank=rank, world_size=world_size)

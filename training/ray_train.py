@@ -31,7 +31,7 @@ from pipeline.stage import ConfigError
 from training import model as M
 from training.data import BatchDecoder
 from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
-from training.losses import ContrastiveLoss
+from training.losses import LOSSES, build_loss
 
 CHECKPOINT_MODEL = "open_clip_model.pt"
 CHECKPOINT_STATE = "train_state.pt"
@@ -42,6 +42,7 @@ class TrainConfig:
     """A training recipe, validated once at the edge (`from_dict`)."""
 
     model: str = "foil-tiny-vit"
+    loss: str = "clip"  # clip | siglip (needs a model with logit_bias, e.g. foil-tiny-vit-siglip)
     steps: int = 50
     batch_size: int = 32
     lr: float = 5e-4
@@ -73,9 +74,13 @@ class TrainConfig:
         if not isinstance(cfg.use_negatives, bool):
             raise ConfigError(f"{where}.use_negatives: must be true or false, got {cfg.use_negatives!r}")
         try:
-            M.model_config(cfg.model)
+            model_cfg = M.model_config(cfg.model)
         except KeyError as exc:
             raise ConfigError(f"{where}.model: {exc.args[0]}") from None
+        if cfg.loss not in LOSSES:
+            raise ConfigError(f"{where}.loss: {cfg.loss!r} is not one of {', '.join(LOSSES)}")
+        if cfg.loss == "siglip" and model_cfg.get("init_logit_bias") is None:
+            raise ConfigError(f"{where}.loss: siglip needs a model with init_logit_bias; {cfg.model} has none (try {cfg.model}-siglip)")
         return cfg
 
     def loop_config(self, bf16: bool) -> LoopConfig:
@@ -128,7 +133,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     decode = BatchDecoder(cfg.model)
     batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, decode, device, cfg.seed)
-    loss_fn = ContrastiveLoss(rank=rank, world_size=world)
+    loss_fn = build_loss(cfg.loss, rank=rank, world_size=world)
 
     curve = Path(config["curve_path"])
     if rank == 0:

@@ -29,6 +29,8 @@ def test_builtin_demo_recipe_is_valid():
         ({"train": {"steps": 0}}, r"train\.steps: must be a positive integer"),
         ({"train": {"model": "ViT-Z/99"}}, r"train\.model: unknown model 'ViT-Z/99'"),
         ({"train": {"workers": 0}}, r"train\.workers: must be a positive integer"),
+        ({"train": {"loss": "infonce"}}, r"train\.loss: 'infonce' is not one of clip, siglip"),
+        ({"train": {"loss": "siglip"}}, r"train\.loss: siglip needs a model with init_logit_bias; foil-tiny-vit has none"),
         ([1, 2], r"a recipe is a mapping"),
     ],
 )

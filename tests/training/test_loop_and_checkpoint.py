@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import open_clip
 import pyarrow as pa
+import pytest
 import torch
 from PIL import Image
 
@@ -11,7 +12,7 @@ from training import model as M
 from training.data import BatchDecoder
 from training.evaluate import evaluate, recall_at_k
 from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
-from training.losses import ContrastiveLoss
+from training.losses import build_loss
 from tests.conftest import png_bytes
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (240, 230, 20)}
@@ -39,10 +40,11 @@ def test_decoder_shapes_and_alpha_on_white():
     assert BatchDecoder("foil-tiny-vit")({S.CAPTION: ["x"], S.NEG_CAPTION: [None], S.IMAGE: [buf.getvalue()]})["image"].min() == 255
 
 
-def test_loop_learns_and_checkpoint_loads_in_open_clip(tmp_path):
+@pytest.mark.parametrize("arch, loss", [("foil-tiny-vit", "clip"), ("foil-tiny-vit-siglip", "siglip")])
+def test_loop_learns_and_checkpoint_loads_in_open_clip(tmp_path, arch, loss):
     torch.manual_seed(0)
-    model = M.create_model("foil-tiny-vit")
-    decoded = {k: torch.from_numpy(v) for k, v in BatchDecoder("foil-tiny-vit")(_rows().to_pydict()).items()}
+    model = M.create_model(arch)
+    decoded = {k: torch.from_numpy(v) for k, v in BatchDecoder(arch)(_rows().to_pydict()).items()}
     cfg = LoopConfig(steps=40, lr=1e-3, warmup_steps=2, log_every=1)
     optimizer = make_optimizer(model, cfg)
     scheduler = cosine_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
@@ -52,13 +54,13 @@ def test_loop_learns_and_checkpoint_loads_in_open_clip(tmp_path):
         while True:
             yield decoded
 
-    last = train_loop(model, batches(), ContrastiveLoss(), optimizer, scheduler, cfg, on_step=lambda s, m: history.append(m["loss"]))
+    last = train_loop(model, batches(), build_loss(loss), optimizer, scheduler, cfg, on_step=lambda s, m: history.append(m["loss"]))
     assert last == 40
     assert history[-1] < history[0] * 0.5
 
     path = tmp_path / "open_clip_model.pt"
-    M.save_open_clip_checkpoint(model, path, last, "foil-tiny-vit")
-    loaded, _, preprocess = open_clip.create_model_and_transforms("foil-tiny-vit", pretrained=str(path))
+    M.save_open_clip_checkpoint(model, path, last, arch)
+    loaded, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path))
     model.eval()
     loaded.eval()
     with torch.no_grad():
@@ -66,7 +68,7 @@ def test_loop_learns_and_checkpoint_loads_in_open_clip(tmp_path):
         assert torch.allclose(model.encode_image(images), loaded.encode_image(images), atol=1e-6)
         assert torch.allclose(model.encode_text(decoded["text"]), loaded.encode_text(decoded["text"]), atol=1e-6)
 
-    metrics = evaluate(loaded, "foil-tiny-vit", _rows())
+    metrics = evaluate(loaded, arch, _rows())
     assert metrics["image_to_text_R@1"] == 1.0 and metrics["hard_negative_accuracy"] == 1.0
     assert metrics["hard_negative_accuracy:replace_attribute"] == 1.0
 

@@ -43,3 +43,28 @@ def test_a_negative_identical_to_the_positive_costs_log2():
     scale = torch.tensor(100.0)
     out = ContrastiveLoss()(img, img, scale, negative_text_features=img, has_negative=torch.ones(4, dtype=torch.bool))
     assert abs(out["loss_image"].item() - torch.log(torch.tensor(2.0)).item()) < 1e-4
+
+
+def test_siglip_matches_its_definition_and_counts_negatives():
+    from training.losses import SigLipLoss
+
+    img, txt, neg = _feats(n=4)
+    scale, bias = torch.tensor(10.0), torch.tensor(-5.0)
+    out = SigLipLoss()(img, txt, scale, bias)
+    logits = scale * img @ txt.T + bias
+    labels = 2 * torch.eye(4) - 1
+    assert torch.allclose(out["loss"], -F.logsigmoid(labels * logits).sum() / 4)
+    with_neg = SigLipLoss()(img, txt, scale, bias, negative_text_features=neg, has_negative=torch.ones(4, dtype=torch.bool))
+    extra = -F.logsigmoid(-(scale * img @ neg.T + bias)).sum() / 4
+    assert torch.allclose(with_neg["loss"], out["loss"] + extra)
+    masked = SigLipLoss()(img, txt, scale, bias, negative_text_features=neg, has_negative=torch.zeros(4, dtype=torch.bool))
+    assert torch.allclose(masked["loss"], out["loss"])
+
+
+def test_loss_registry_fails_loudly():
+    import pytest
+
+    from training.losses import build_loss
+
+    with pytest.raises(KeyError, match="unknown loss 'infonce'; known: clip, siglip"):
+        build_loss("infonce")
