@@ -115,11 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default="python", help="the interpreter on the cluster that has foil installed (default: python)")
     p.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
 
-    p = sub.add_parser("eval", help="retrieval and hard-negative accuracy of a checkpoint on the eval split")
-    _add_dataset(p)
+    p = sub.add_parser("eval", help="evaluate a checkpoint: a dataset's eval split and/or benchmark files")
+    p.add_argument("--dataset", help="score its eval split (retrieval R@1/5/10, hard negatives) and record all metrics there")
     p.add_argument("--checkpoint", required=True, help="open_clip state dict (open_clip_model.pt)")
     p.add_argument("--model", default="foil-tiny-vit", help="architecture name (default foil-tiny-vit)")
     p.add_argument("--run-id", default="eval", help="name under which metrics are recorded")
+    p.add_argument("--sugarcrepe", nargs="+", default=[], metavar="JSON", help="SugarCrepe-format files, one kind each")
+    p.add_argument("--pairs", nargs="+", default=[], metavar="JSON", help="image-pair files: text, image and group scores")
+    p.add_argument("--zeroshot", nargs="+", default=[], metavar="JSON", help="zero-shot sets: [{image, label}]")
+    p.add_argument("--images", default=".", help="folder the benchmark files' image paths are relative to")
+    p.add_argument("--templates", nargs="+", help="zero-shot prompts with {} for the class name")
     return parser
 
 
@@ -249,9 +254,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from flows.pipeline_flows import eval_flow
 
+    from training.jobs import EvalFiles
+
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint: {args.checkpoint} is not a file")
-    _print_report(eval_flow(args.dataset, args.checkpoint, args.model, args.run_id))
+    if not (args.dataset or args.sugarcrepe or args.pairs or args.zeroshot):
+        raise UsageError("nothing to evaluate: give --dataset and/or --sugarcrepe/--pairs/--zeroshot files")
+    from training.eval_files import check_file
+
+    for kind in ("sugarcrepe", "pairs", "zeroshot"):
+        for path in getattr(args, kind):
+            check_file(kind, Path(path), Path(args.images))  # bad files fail here, before the model loads
+    files = EvalFiles(args.images, tuple(args.sugarcrepe), tuple(args.pairs), tuple(args.zeroshot), **({"templates": tuple(args.templates)} if args.templates else {}))
+    _print_report(eval_flow(args.dataset, args.checkpoint, args.model, args.run_id, files))
     return 0
 
 

@@ -79,8 +79,8 @@ def train_task(dataset: str, recipe: Recipe, out_dir: str, use_gpu: bool = False
 
 
 @task(name="eval")
-def eval_task(dataset: str, checkpoint: str, model: str, run_id: str) -> dict[str, float]:
-    metrics = jobs.evaluate(Dataset(dataset), checkpoint, model, run_id)
+def eval_task(dataset: str | None, checkpoint: str, model: str, run_id: str, files: jobs.EvalFiles | None = None) -> dict[str, float]:
+    metrics = jobs.evaluate(Dataset(dataset) if dataset else None, checkpoint, model, run_id, files)
     create_table_artifact(key="eval", table=[{"metric": k, "value": round(v, 4)} for k, v in metrics.items()])
     return metrics
 
@@ -126,8 +126,8 @@ def train_flow(dataset: str, out_dir: str, recipe_path: str | None = None, use_g
 
 
 @flow(name="eval")
-def eval_flow(dataset: str, checkpoint: str, model: str, run_id: str) -> dict[str, float]:
-    return eval_task(dataset, checkpoint, model, run_id)
+def eval_flow(dataset: str | None, checkpoint: str, model: str, run_id: str, files: jobs.EvalFiles | None = None) -> dict[str, float]:
+    return eval_task(dataset, checkpoint, model, run_id, files)
 
 
 @flow(name="end-to-end")

@@ -11,13 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass
+from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as S
 from pipeline.catalog import Catalog
 from pipeline.store import Dataset
+from training import eval_files
 from training import model as M
+from training.eval_files import DEFAULT_TEMPLATES
 from training.evaluate import evaluate as evaluate_rows
 from training.ray_train import TrainConfig, TrainResult, fit
 
@@ -68,14 +72,36 @@ def train(dataset: Dataset, cfg: TrainConfig, out_dir: str, workers: int = 1, us
     return run_id, result
 
 
-def evaluate(dataset: Dataset, checkpoint: str, model_name: str, run_id: str, split: str = "eval") -> dict[str, float]:
-    """Score `checkpoint` on the dataset's `split` rows and record the metrics under `run_id`."""
+@dataclass(frozen=True)
+class EvalFiles:
+    """Benchmarks from files (see training/eval_files.py); paths inside them are under image_root."""
+
+    image_root: str = "."
+    sugarcrepe: tuple[str, ...] = ()
+    pairs: tuple[str, ...] = ()
+    zeroshot: tuple[str, ...] = ()
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+
+
+def evaluate(dataset: Dataset | None, checkpoint: str, model_name: str, run_id: str, files: EvalFiles | None = None, split: str = "eval") -> dict[str, float]:
+    """Score `checkpoint` on the dataset's `split` rows (retrieval, hard negatives) and on any
+    benchmark files; with a dataset, record the metrics there under `run_id`."""
     model = M.create_model(model_name, pretrained=checkpoint)
-    rows = dataset.table(S.TRAIN).read(columns=[S.SAMPLE_ID, S.CAPTION, S.NEG_CAPTION, S.NEG_KIND, S.SPLIT, S.IMAGE])
-    rows = rows.filter(pc.equal(rows[S.SPLIT], split))
-    metrics = evaluate_rows(model, model_name, rows)
-    table = pa.table(_metric_rows(run_id, "eval", 0, metrics), schema=S.METRICS_SCHEMA)
-    _append(dataset, S.METRICS, f"{run_id}-eval", table, "eval")
-    Catalog(dataset).refresh()
+    metrics: dict[str, float] = {}
+    if dataset is not None:
+        rows = dataset.table(S.TRAIN).read(columns=[S.SAMPLE_ID, S.CAPTION, S.NEG_CAPTION, S.NEG_KIND, S.SPLIT, S.IMAGE])
+        metrics.update(evaluate_rows(model, model_name, rows.filter(pc.equal(rows[S.SPLIT], split))))
+    files = files or EvalFiles()
+    root = Path(files.image_root)
+    for path in files.sugarcrepe:
+        metrics.update(eval_files.sugarcrepe(model, model_name, Path(path), root))
+    for path in files.pairs:
+        metrics.update(eval_files.image_pairs(model, model_name, Path(path), root))
+    for path in files.zeroshot:
+        metrics.update(eval_files.zero_shot(model, model_name, Path(path), root, files.templates))
+    if dataset is not None:
+        table = pa.table(_metric_rows(run_id, "eval", 0, metrics), schema=S.METRICS_SCHEMA)
+        _append(dataset, S.METRICS, f"{run_id}-eval", table, "eval")
+        Catalog(dataset).refresh()
     return metrics
 

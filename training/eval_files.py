@@ -1,0 +1,150 @@
+"""Evaluation on files users bring: SugarCrepe, image pairs (Winoground-style), zero-shot sets.
+
+Formats (image paths are relative to `image_root`):
+
+- SugarCrepe: a JSON object `{id: {"filename", "caption", "negative_caption"}}` (SugarCrepe's own
+  files), or a list of such objects. Score: share of images closer to the caption than to the
+  negative. One file is one kind (`replace_att.json` -> `replace_att`).
+- Pairs: JSON list of `{"image_0", "image_1", "caption_0", "caption_1"}`, where caption_i
+  describes image_i. Winoground's text score (each image prefers its own caption), image score
+  (each caption prefers its own image) and group score (both).
+- Zero-shot: JSON list of `{"image", "label"}`; class names are the distinct labels, prompts
+  are `templates` with `{}` replaced by the class name, averaged per class as in CLIP.
+
+A malformed file is reported with the file, the item and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.stage import ConfigError
+from training import model as M
+from training.data import decode_image
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a drawing of a {}.")
+
+
+def _load(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 JSON ({exc})") from None
+    if isinstance(data, dict):
+        return [(str(k), v) for k, v in data.items()]
+    if isinstance(data, list):
+        return [(str(i), v) for i, v in enumerate(data)]
+    raise ConfigError(f"{path}: expected a JSON object or list of items")
+
+
+def _field(path: Path, item_id: str, item: Any, name: str) -> str:
+    if not isinstance(item, dict) or not isinstance(item.get(name), str) or not item[name]:
+        raise ConfigError(f"{path}: item {item_id}: missing or empty field {name!r}")
+    return item[name]
+
+
+FIELDS = {
+    "sugarcrepe": (("filename",), ("caption", "negative_caption")),
+    "pairs": (("image_0", "image_1"), ("caption_0", "caption_1")),
+    "zeroshot": (("image",), ("label",)),
+}
+
+
+def check_file(kind: str, path: Path, image_root: Path) -> int:
+    """Validate a benchmark file up front (fields present, images exist). Returns its item count."""
+    image_fields, text_fields = FIELDS[kind]
+    items = _load(path)
+    for item_id, item in items:
+        for name in text_fields:
+            _field(path, item_id, item, name)
+        for name in image_fields:
+            file = Path(image_root) / _field(path, item_id, item, name)
+            if not file.is_file():
+                raise ConfigError(f"{path}: item {item_id}: image {file} not found")
+    return len(items)
+
+
+class _Encoder:
+    def __init__(self, model: torch.nn.Module, model_name: str, image_root: Path):
+        self.model = model.eval()
+        self.size = M.image_size(model_name)
+        self.tokenize = M.tokenizer(model_name)
+        self.image_root = Path(image_root)
+
+    @torch.no_grad()
+    def images(self, names: list[str], where: Path) -> np.ndarray:
+        arrays = []
+        for name in names:
+            file = self.image_root / name
+            try:
+                arrays.append(decode_image(file.read_bytes(), self.size))
+            except FileNotFoundError:
+                raise ConfigError(f"{where}: image {file} not found") from None
+        out = []
+        for start in range(0, len(arrays), 64):
+            batch = torch.from_numpy(np.stack(arrays[start : start + 64]))
+            out.append(self.model.encode_image(M.normalize(batch), normalize=True).numpy())
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> np.ndarray:
+        out = [self.model.encode_text(self.tokenize(texts[i : i + 256]), normalize=True).numpy() for i in range(0, len(texts), 256)]
+        return np.concatenate(out)
+
+
+def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
+    items = _load(path)
+    fields = [(_field(path, i, it, "filename"), _field(path, i, it, "caption"), _field(path, i, it, "negative_caption")) for i, it in items]
+    enc = _Encoder(model, model_name, image_root)
+    img = enc.images([f for f, _, _ in fields], path)
+    pos = np.sum(img * enc.texts([c for _, c, _ in fields]), axis=1)
+    neg = np.sum(img * enc.texts([n for _, _, n in fields]), axis=1)
+    kind = Path(path).stem
+    return {f"sugarcrepe:{kind}": float(np.mean(pos > neg)), f"sugarcrepe:{kind}:items": float(len(fields))}
+
+
+def image_pairs(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
+    items = _load(path)
+    names = ("image_0", "image_1", "caption_0", "caption_1")
+    rows = [[_field(path, i, it, n) for n in names] for i, it in items]
+    enc = _Encoder(model, model_name, image_root)
+    i0, i1 = enc.images([r[0] for r in rows], path), enc.images([r[1] for r in rows], path)
+    c0, c1 = enc.texts([r[2] for r in rows]), enc.texts([r[3] for r in rows])
+    s = lambda a, b: np.sum(a * b, axis=1)  # noqa: E731  (row-wise cosine of normalised features)
+    text = (s(i0, c0) > s(i0, c1)) & (s(i1, c1) > s(i1, c0))  # each image picks its own caption
+    image = (s(c0, i0) > s(c0, i1)) & (s(c1, i1) > s(c1, i0))  # each caption picks its own image
+    stem = Path(path).stem
+    return {
+        f"pairs:{stem}:text_score": float(text.mean()),
+        f"pairs:{stem}:image_score": float(image.mean()),
+        f"pairs:{stem}:group_score": float((text & image).mean()),
+        f"pairs:{stem}:items": float(len(rows)),
+    }
+
+
+def zero_shot(model: torch.nn.Module, model_name: str, path: Path, image_root: Path, templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> dict[str, float]:
+    items = _load(path)
+    rows = [(_field(path, i, it, "image"), _field(path, i, it, "label")) for i, it in items]
+    if any("{}" not in t for t in templates):
+        raise ConfigError("--templates: every template needs a {} for the class name")
+    classes = sorted({label for _, label in rows})
+    enc = _Encoder(model, model_name, image_root)
+    weights = np.stack([enc.texts([t.format(c) for t in templates]).mean(axis=0) for c in classes])  # [C, D]
+    weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+    logits = enc.images([img for img, _ in rows], path) @ weights.T  # [N, C]
+    truth = np.array([classes.index(label) for _, label in rows])
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    stem = Path(path).stem
+    return {
+        f"zeroshot:{stem}:top1": float(np.mean(top5[:, 0] == truth)),
+        f"zeroshot:{stem}:top5": float(np.mean((top5 == truth[:, None]).any(axis=1))),
+        f"zeroshot:{stem}:classes": float(len(classes)),
+        f"zeroshot:{stem}:items": float(len(rows)),
+    }
