@@ -87,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("score", "rule scores and hashes into table `scores`"),
         ("negatives", "text hard negatives for curated captions into table `neg_text`"),
-        ("export", "training shards into table `train`"),
+        ("export", "training shards into table `train` (parquet; --webdataset adds tars)"),
     ):
         p = sub.add_parser(name, help=text)
         _add_dataset(p)
         _add_recipe(p)
         _add_overwrite(p)
+        if name == "export":
+            p.add_argument("--webdataset", action="store_true", help="also write webdataset tars to <dataset>/train_wds/<split>/")
 
     p = sub.add_parser("curate", help="apply the recipe's thresholds: recreate the `curated` and `funnel` views")
     _add_dataset(p)
@@ -226,7 +228,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     elif args.command == "negatives":
         report = F.negatives_flow(args.dataset, args.recipe, args.overwrite)
     elif args.command == "export":
-        report = F.export_flow(args.dataset, args.recipe, args.overwrite)
+        report = F.export_flow(args.dataset, args.recipe, args.overwrite, args.webdataset)
     else:
         raise AssertionError(args.command)
     _print_report(report)

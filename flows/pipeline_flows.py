@@ -66,7 +66,7 @@ def negatives_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dic
 
 @task(name="export", retries=1, retry_delay_seconds=2)
 def export_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.export(Dataset(dataset), recipe.export, steps.make_runner(recipe), overwrite=overwrite)
+    report = steps.export(Dataset(dataset), recipe.export, steps.make_runner(recipe), overwrite=overwrite, webdataset=recipe.export_webdataset)
     _publish("export", report)
     return report
 
@@ -114,8 +114,10 @@ def negatives_flow(dataset: str, recipe_path: str | None = None, overwrite: bool
 
 
 @flow(name="export")
-def export_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    return export_task(dataset, _recipe(recipe_path), overwrite)
+def export_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False, webdataset: bool = False) -> dict[str, Any]:
+    recipe = _recipe(recipe_path)
+    recipe.export_webdataset = recipe.export_webdataset or webdataset
+    return export_task(dataset, recipe, overwrite)
 
 
 @flow(name="train")

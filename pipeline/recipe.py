@@ -32,6 +32,7 @@ class Recipe:
     curate: dict[str, float] = field(default_factory=dict)
     negatives: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
+    export_webdataset: bool = False
     train: dict[str, Any] = field(default_factory=dict)
     train_workers: int = 1
     source: str = "<defaults>"
@@ -83,7 +84,10 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe.curate = validate_thresholds(_section(data, "curate"))
     recipe.negatives = _section(data, "negatives")
     build_stage("negatives", recipe.negatives)
-    recipe.export = _section(data, "export")
+    recipe.export = dict(_section(data, "export"))
+    recipe.export_webdataset = recipe.export.pop("webdataset", False)
+    if not isinstance(recipe.export_webdataset, bool):
+        raise ConfigError(f"export.webdataset: must be true or false, got {recipe.export_webdataset!r}")
     build_stage("export", recipe.export)
 
     train = dict(_section(data, "train"))

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline import schema as S
 from pipeline.catalog import Catalog
+from pipeline.export import write_webdataset
 from pipeline.recipe import Recipe
 from pipeline.runners import LocalRunner, RayRunner, RunReport
 from pipeline.store import Dataset
@@ -77,6 +78,9 @@ def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | Ra
     return _finish(dataset, report)
 
 
-def export(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+def export(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, webdataset: bool = False) -> dict[str, Any]:
     report = runner.run("export", params, dataset, S.RAW, S.TRAIN, input_view="export_rows", overwrite=overwrite)
-    return _finish(dataset, report)
+    out = _finish(dataset, report)
+    if webdataset:
+        out["webdataset"] = write_webdataset(dataset)
+    return out

@@ -21,7 +21,7 @@ crawl:
   params: {image_size: 64, resize_mode: border, encode_format: png, encode_quality: 6, thread_count: 8, allow_private_addresses: true}
 curate: {min_width: 32, min_height: 32}
 negatives: {kinds: [replace_attribute, replace_object], seed: 0}
-export: {eval_percent: 20}
+export: {eval_percent: 20, webdataset: true}
 train: {model: foil-tiny-vit, steps: 6, batch_size: 16, warmup_steps: 1, checkpoint_every: 3, log_every: 3, workers: 1}
 """
 
@@ -71,6 +71,7 @@ def test_demo_end_to_end_then_resume(tmp_path, emoji_dir):
     assert 0 <= evals["image_to_text_R@1"] <= 1 and 0 <= evals["hard_negative_accuracy"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["crawl_rate"]["rows_crawled_now"] == 120
+    assert sorted(p.parent.name for p in (out / "train_wds").glob("*/*.tar")) == ["eval"] * 3 + ["train"] * 3
 
     again = foil(*args)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

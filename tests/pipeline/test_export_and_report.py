@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from pipeline import schema as S
@@ -37,3 +39,34 @@ def test_export_keeps_rows_with_images_and_counts_the_rest():
 def test_summary_markdown_has_a_section_per_entry():
     text = render_markdown({"dataset": "/d", "funnel": [{"reason": "kept", "rows": 3}], "timings_seconds": {"crawl": 1.5}})
     assert "## funnel" in text and "| kept | 3 |" in text and "| crawl | 1.5 |" in text
+
+
+def test_webdataset_tars_read_back_with_the_webdataset_package(tmp_path, emoji_dir, few_emoji):
+    import webdataset as wds
+
+    from pipeline.export import write_webdataset
+    from pipeline.store import Dataset
+
+    ds = Dataset(tmp_path / "ds")
+    rows = {name: [] for name in S.TRAIN_SCHEMA.names}
+    for i, it in enumerate(few_emoji[:10]):
+        rows[S.SAMPLE_ID].append(f"{i:016x}")
+        rows[S.CAPTION].append(it.caption)
+        rows[S.NEG_CAPTION].append(f"not {it.caption}" if i % 2 else None)
+        rows[S.NEG_KIND].append("replace_object" if i % 2 else None)
+        rows[S.SPLIT].append("eval" if i == 0 else "train")
+        rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+    ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
+    ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])
+
+    paths = write_webdataset(ds)
+    assert [p.split("train_wds/")[1] for p in paths] == ["train/part-00000.tar", "eval/part-00000.tar"]
+    samples = list(wds.WebDataset(paths[0], shardshuffle=False))
+    assert [s["__key__"] for s in samples] == rows[S.SAMPLE_ID][1:]
+    first = samples[0]
+    assert first["png"] == rows[S.IMAGE][1]
+    assert first["txt"].decode() == rows[S.CAPTION][1]
+    assert first["neg.txt"].decode() == rows[S.NEG_CAPTION][1]
+    assert "neg.txt" not in samples[1]  # no negative for that row
+    assert json.loads(first["json"]) == {"sample_id": rows[S.SAMPLE_ID][1], "negative_kind": "replace_object", "split": "train"}
+    assert not [p for p in (tmp_path / "ds" / "train_wds" / "train").iterdir() if p.name.startswith(".")]
