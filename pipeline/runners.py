@@ -198,9 +198,10 @@ class RayRunner(_Runner):
 def ensure_ray(address: str | None = None) -> None:
     """Start (or connect to) Ray once per process.
 
-    The local cluster gets its dashboard (Ray's state API lives there, and Ray Train's
-    placement-group cleaner polls it) on a free port rather than 8265, which Prefect's temporary
-    server may already hold.
+    The local cluster is always a new one (`address="local"`: never a stale cluster that
+    `ray start` left recorded in /tmp/ray), with its dashboard (Ray's state API lives
+    there, and Ray Train's placement-group cleaner polls it) on a free port rather than 8265,
+    which Prefect's temporary server may already hold.
     """
     import ray
 
@@ -213,4 +214,7 @@ def ensure_ray(address: str | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, configure_logging=False)
+        ray.init(
+            address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+            dashboard_port=port, configure_logging=False,
+        )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -27,8 +29,11 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path):
     gcs, dashboard = _free_port(), _free_port()
+    # its own temp dir: `ray start` records the cluster there, not in /tmp/ray where other
+    # processes would find it (short, because Ray's socket paths must fit in 107 characters)
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+        [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -46,6 +51,10 @@ def ray_head(tmp_path):
     yield address
     head.terminate()  # --block: terminating it stops the cluster it started
     head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    current = Path("/tmp/ray/ray_current_cluster")  # `ray start` may record itself here too
+    if current.exists() and current.read_text().strip() == f"127.0.0.1:{gcs}":
+        current.unlink()
 
 
 def test_submit_training_streams_logs_and_succeeds(tmp_path, ray_head, emoji_dir, few_emoji):

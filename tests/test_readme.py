@@ -1,0 +1,27 @@
+"""The README stays true: its recipe parses and every command it shows exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from flows.cli import build_parser
+from pipeline.recipe import parse_recipe
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_recipe_in_the_readme_is_valid():
+    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    assert blocks, "the README shows a recipe"
+    for block in blocks:
+        parse_recipe(yaml.safe_load(block))
+
+
+def test_every_foil_command_in_the_readme_exists():
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    used = set(re.findall(r"(?:^|\s|/)foil (\w[\w-]*)", README))
+    used.discard("run")  # prose: "foil run summary"
+    assert used and used <= commands, used - commands
