@@ -17,16 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-# Entry-point defaults: no telemetry, no hub downloads. Explicit user settings win.
-for _key, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "HF_HUB_OFFLINE": "1",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+from flows.environment import apply_defaults
+
+apply_defaults()
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+from flows.environment import apply_defaults
+
+apply_defaults()
 
 from pipeline import schema as S  # noqa: E402
 from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample  # noqa: E402

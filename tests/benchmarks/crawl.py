@@ -11,7 +11,6 @@ Prints images/s for both and the ratio foil / img2dataset.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -77,10 +76,12 @@ def run_foil(urls: Path, out: Path, n: int) -> tuple[float, int, float]:
 
 
 def main() -> None:
+    from flows.environment import apply_defaults
+
+    apply_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=2400)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
     from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample
 

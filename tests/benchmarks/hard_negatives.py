@@ -17,6 +17,9 @@ from pathlib import Path
 
 
 def main() -> None:
+    from flows.environment import apply_defaults
+
+    apply_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)

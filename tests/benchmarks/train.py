@@ -72,6 +72,9 @@ def foil_rate(steps: int, batch_size: int) -> float:
 
 
 def main() -> None:
+    from flows.environment import apply_defaults
+
+    apply_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=64)
