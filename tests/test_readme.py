@@ -22,7 +22,9 @@ def test_the_recipe_in_the_readme_is_valid():
 
 def test_every_foil_command_in_the_readme_exists():
     commands = set(build_parser()._subparsers._group_actions[0].choices)
-    code = "\n".join(re.findall(r"```\n(.*?)```", README, flags=re.S) + re.findall(r"`([^`\n]+)`", README))
+    fenced = re.findall(r"```\w*\n(.*?)```", README, flags=re.S)
+    prose = re.sub(r"```\w*\n.*?```", "", README, flags=re.S)  # inline code is paired outside fences only
+    code = "\n".join(fenced + re.findall(r"`([^`\n]+)`", prose))
     used = set(re.findall(r"(?:^|\s|/)foil (\w[\w-]*)", code, flags=re.M))
     assert {"sql", "crawl", "train", "submit", "eval"} <= used
     assert used <= commands, used - commands
