@@ -2,11 +2,11 @@
 
 Two losses, chosen by name (`LOSSES`, the recipe's `train.loss`): `clip` and `siglip`.
 
-`ContrastiveLoss` is CLIP's InfoNCE, extended with text hard negatives in NegCLIP's layout: the
+`ContrastiveLoss` is CLIP's InfoNCE, extended with hard negatives in NegCLIP's layout: the
 image side scores each image against [T; T_neg], all positive captions of the global batch
-followed by all negative captions, so each negative competes with the true caption; the text
-side is plain CLIP (captions against images). Rows without a negative have their negative
-column masked out. Features are gathered from every worker; the local chunk keeps its gradient
+followed by all negative captions, so each negative competes with the true caption; when
+negative images are present, the text side likewise scores each caption against [I; I_neg].
+Rows without a negative have their negative column masked out. Features are gathered from every worker; the local chunk keeps its gradient
 (open_clip's `gather_with_grad=False` scheme), and rank and world size are passed in.
 """
 
@@ -40,6 +40,8 @@ class ContrastiveLoss(nn.Module):
         logit_scale: torch.Tensor,  # scalar, already exp()'d by open_clip
         negative_text_features: torch.Tensor | None = None,  # [B, D]
         has_negative: torch.Tensor | None = None,  # [B] bool
+        negative_image_features: torch.Tensor | None = None,  # [B, D]
+        has_negative_image: torch.Tensor | None = None,  # [B] bool
         **_: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         images = gather_features(image_features, self.rank, self.world_size)  # [N, D], N = B * world
@@ -51,16 +53,25 @@ class ContrastiveLoss(nn.Module):
         if negative_text_features is not None:
             negatives = gather_features(negative_text_features, self.rank, self.world_size)  # [N, D]
             candidates = torch.cat([texts, negatives], dim=0)  # [2N, D]
-        logits_per_image = logit_scale * images @ candidates.T  # [N, N] or [N, 2N]
-        if negative_text_features is not None and has_negative is not None:
-            mask = gather_features(has_negative.float(), self.rank, self.world_size) > 0  # [N]
-            invalid = torch.cat([torch.zeros(n, dtype=torch.bool, device=images.device), ~mask])
-            logits_per_image = logits_per_image.masked_fill(invalid.unsqueeze(0), float("-inf"))
-        logits_per_text = logit_scale * texts @ images.T  # [N, N]
+        logits_per_image = self._mask(logit_scale * images @ candidates.T, has_negative, n)  # [N, N] or [N, 2N]
+
+        image_candidates = images
+        if negative_image_features is not None:
+            negative_images = gather_features(negative_image_features, self.rank, self.world_size)  # [N, D]
+            image_candidates = torch.cat([images, negative_images], dim=0)  # [2N, D]
+        logits_per_text = self._mask(logit_scale * texts @ image_candidates.T, has_negative_image, n)  # [N, N] or [N, 2N]
 
         loss_i = F.cross_entropy(logits_per_image, labels)
         loss_t = F.cross_entropy(logits_per_text, labels)
         return {"loss": (loss_i + loss_t) / 2, "loss_image": loss_i.detach(), "loss_text": loss_t.detach()}
+
+    def _mask(self, logits: torch.Tensor, present: torch.Tensor | None, n: int) -> torch.Tensor:
+        """Columns n.. are negatives; hide those of rows that have none."""
+        if present is None or logits.shape[1] == n:
+            return logits
+        mask = gather_features(present.float(), self.rank, self.world_size) > 0  # [N]
+        invalid = torch.cat([torch.zeros(n, dtype=torch.bool, device=logits.device), ~mask])
+        return logits.masked_fill(invalid.unsqueeze(0), float("-inf"))
 
 
 class SigLipLoss(nn.Module):
@@ -87,7 +98,7 @@ class SigLipLoss(nn.Module):
         **_: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         if logit_bias is None:
-            raise ValueError("the siglip loss needs a model with a logit_bias (e.g. foil-tiny-vit-siglip)")
+            raise ValueError("the siglip loss needs a model with a logit_bias (e.g. foil-tiny-vit-sigmoid)")
         images = gather_features(image_features, self.rank, self.world_size)  # [N, D]
         texts = gather_features(text_features, self.rank, self.world_size)  # [N, D]
         n = images.shape[0]

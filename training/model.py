@@ -113,7 +113,9 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
 
 def tokenizer(name: str):
     """The model's tokenizer at its context length: open_clip's BPE (bundled vocabulary) or, for
-    Hugging Face text towers, the tokenizer stored next to the local weights. Never downloads."""
+    Hugging Face text towers, the tokenizer stored next to the local weights. Never downloads.
+    (open_clip picks a SigLIP tokenizer, fetched from the internet, for any name containing
+    "siglip", which is why foil's sigmoid-loss config is called foil-tiny-vit-sigmoid.)"""
     register_foil_configs()
     return open_clip.get_tokenizer(name)
 

@@ -42,7 +42,7 @@ class TrainConfig:
     """A training recipe, validated once at the edge (`from_dict`)."""
 
     model: str = "foil-tiny-vit"
-    loss: str = "clip"  # clip | siglip (needs a model with logit_bias, e.g. foil-tiny-vit-siglip)
+    loss: str = "clip"  # clip | siglip (needs a model with logit_bias, e.g. foil-tiny-vit-sigmoid)
     steps: int = 50
     batch_size: int = 32
     lr: float = 5e-4
@@ -80,7 +80,7 @@ class TrainConfig:
         if cfg.loss not in LOSSES:
             raise ConfigError(f"{where}.loss: {cfg.loss!r} is not one of {', '.join(LOSSES)}")
         if cfg.loss == "siglip" and model_cfg.get("init_logit_bias") is None:
-            raise ConfigError(f"{where}.loss: siglip needs a model with init_logit_bias; {cfg.model} has none (try {cfg.model}-siglip)")
+            raise ConfigError(f"{where}.loss: siglip needs a model with init_logit_bias; {cfg.model} has none (e.g. foil-tiny-vit-sigmoid)")
         return cfg
 
     def loop_config(self, bf16: bool) -> LoopConfig:

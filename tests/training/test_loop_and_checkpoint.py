@@ -40,7 +40,7 @@ def test_decoder_shapes_and_alpha_on_white():
     assert BatchDecoder("foil-tiny-vit")({S.CAPTION: ["x"], S.NEG_CAPTION: [None], S.IMAGE: [buf.getvalue()]})["image"].min() == 255
 
 
-@pytest.mark.parametrize("arch, loss", [("foil-tiny-vit", "clip"), ("foil-tiny-vit-siglip", "siglip")])
+@pytest.mark.parametrize("arch, loss", [("foil-tiny-vit", "clip"), ("foil-tiny-vit-sigmoid", "siglip")])
 def test_loop_learns_and_checkpoint_loads_in_open_clip(tmp_path, arch, loss):
     torch.manual_seed(0)
     model = M.create_model(arch)
@@ -79,3 +79,23 @@ def test_recall_at_k():
     assert recall_at_k(sim, correct, 1) == 1 / 3
     assert recall_at_k(sim, correct, 2) == 2 / 3
     assert recall_at_k(sim, correct, 3) == 1.0
+
+
+def test_gradient_accumulation_steps_once_per_accum_micro_batches():
+    torch.manual_seed(0)
+    model = M.create_model("foil-tiny-vit")
+    decoded = {k: torch.from_numpy(v) for k, v in BatchDecoder("foil-tiny-vit")(_rows().to_pydict()).items()}
+    cfg = LoopConfig(steps=3, lr=1e-3, warmup_steps=1, grad_accum=2, log_every=1)
+    optimizer = make_optimizer(model, cfg)
+    fed = []
+
+    def batches():
+        while True:
+            fed.append(1)
+            yield decoded
+
+    steps = []
+    last = train_loop(model, batches(), build_loss("clip"), optimizer, cosine_with_warmup(optimizer, 1, 3), cfg, on_step=lambda s, m: steps.append(s))
+    assert last == 3 and steps == [1, 2, 3]
+    assert len(fed) == 6  # two micro-batches per optimizer step
+    assert optimizer.state_dict()["state"][0]["step"] == 3

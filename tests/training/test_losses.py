@@ -68,3 +68,15 @@ def test_loss_registry_fails_loudly():
 
     with pytest.raises(KeyError, match="unknown loss 'infonce'; known: clip, siglip"):
         build_loss("infonce")
+
+
+def test_negative_images_enter_the_text_side_only():
+    img, txt, neg_img = _feats(seed=3)
+    scale = torch.tensor(10.0)
+    plain = ContrastiveLoss()(img, txt, scale)
+    out = ContrastiveLoss()(img, txt, scale, negative_image_features=neg_img, has_negative_image=torch.ones(8, dtype=torch.bool))
+    assert out["loss_text"] > plain["loss_text"] and torch.allclose(out["loss_image"], plain["loss_image"])
+    expected = F.cross_entropy(scale * txt @ torch.cat([img, neg_img]).T, torch.arange(8))
+    assert torch.allclose(out["loss_text"], expected)
+    masked = ContrastiveLoss()(img, txt, scale, negative_image_features=neg_img, has_negative_image=torch.zeros(8, dtype=torch.bool))
+    assert torch.allclose(masked["loss"], plain["loss"])
