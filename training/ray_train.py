@@ -17,14 +17,17 @@ This module and flows/ are the only places that import Ray in training.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import fsspec
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
 from pipeline import schema as S
 from pipeline.stage import ConfigError
@@ -135,17 +138,15 @@ def train_func(config: dict[str, Any]) -> None:
     batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, decode, device, cfg.seed)
     loss_fn = build_loss(cfg.loss, rank=rank, world_size=world)
 
-    curve = Path(config["curve_path"])
-    if rank == 0:
-        with curve.open("a") as f:  # where this attempt starts: 0, or the restored checkpoint's step
-            f.write(json.dumps({"event": "start", "step": start_step, "world_size": world}) + "\n")
+    curve = CurveWriter(config["curve_path"]) if rank == 0 else None
+    if curve is not None:  # where this attempt starts: 0, or the restored checkpoint's step
+        curve.append({"event": "start", "step": start_step, "world_size": world})
         print(f"[foil train] {'resuming at' if start_step else 'starting at'} step {start_step} of {cfg.steps}", flush=True)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
-        if rank == 0:
+        if curve is not None:
             # Ray keeps only the metrics reported with checkpoints; the full curve goes to a file.
-            with curve.open("a") as f:
-                f.write(json.dumps({**metrics, "step": step}) + "\n")
+            curve.append({**metrics, "step": step})
             # progress, forwarded to the driver's console by Ray
             print(
                 f"[foil train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} "
@@ -184,12 +185,34 @@ class _Forwarder(torch.nn.Module):
         return self.core.encode_text(text, normalize=normalize)
 
 
-def read_curve(path: Path) -> list[dict[str, float]]:
+class CurveWriter:
+    """The run's `curve.jsonl` next to its checkpoints, local or on any fsspec filesystem.
+    Object stores cannot append, so the (small) file is rewritten whole on every entry."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fs, self.path = fsspec.core.url_to_fs(uri)
+        self.lines = self.fs.cat_file(self.path).decode().splitlines() if self.fs.exists(self.path) else []
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(entry))
+        data = ("\n".join(self.lines) + "\n").encode()
+        if isinstance(self.fs, LocalFileSystem):  # never leave half a file behind a kill
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        else:  # object stores replace an object whole
+            self.fs.pipe_file(self.path, data)
+
+
+def read_curve(uri: str | Path) -> list[dict[str, float]]:
     """The logged steps of a run, one per step: a resumed attempt rewrites the steps after its
     checkpoint, and the last write of a step wins. `start` events are skipped."""
+    fs, path = fsspec.core.url_to_fs(str(uri))
     by_step: dict[int, dict[str, float]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
+    if fs.exists(path):
+        for line in fs.cat_file(path).decode().splitlines():
             row = json.loads(line) if line.strip() else {}
             if row and "event" not in row:
                 by_step[int(row["step"])] = row
@@ -225,9 +248,11 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     if not files:
         raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
     columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]
-    run_dir = Path(out_dir).resolve() / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    curve_path = run_dir / "curve.jsonl"
+    # out_dir is a local folder or any URI Ray Train's storage understands (s3://, gs://, file://)
+    storage = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
+    fs, run_dir = fsspec.core.url_to_fs(f"{storage.rstrip('/')}/{run_name}")
+    fs.makedirs(run_dir, exist_ok=True)
+    curve_path = f"{storage.rstrip('/')}/{run_name}/curve.jsonl"
     data = ray.data.read_parquet(files, columns=columns, ray_remote_args={"num_cpus": 0}).filter(expr=col(S.SPLIT) == "train", num_cpus=0)
     start = time.perf_counter()
     trainer = TorchTrainer(
@@ -235,12 +260,12 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
         train_loop_config={
             "train": {k: v for k, v in asdict(cfg).items() if k != "extra"},
             "use_gpu": use_gpu,
-            "curve_path": str(curve_path),
+            "curve_path": curve_path,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(out_dir).resolve()),
+            storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=1),
         ),

@@ -34,7 +34,8 @@ def test_two_worker_training_records_run_curve_and_eval(tmp_path, emoji_dir, few
     train.write_manifest("export", {}, [S.RAW])
 
     cfg = TrainConfig.from_dict({"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1})
-    run_id, result = jobs.train(ds, cfg, str(tmp_path / "ckpt"), workers=2)
+    # a URI, as for object storage: checkpoints and the curve go through Ray's and fsspec's filesystems
+    run_id, result = jobs.train(ds, cfg, f"file://{tmp_path / 'ckpt'}", workers=2)
     assert result.steps == 4
     assert Path(result.model_weights).is_file() and "checkpoint_step_0000004" in result.model_weights
     assert [int(r["step"]) for r in result.history] == [1, 2, 3, 4]
