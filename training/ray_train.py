@@ -17,6 +17,7 @@ This module and flows/ are the only places that import Ray in training.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -110,6 +111,12 @@ def train_func(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
     import ray.train.torch
+
+    # Ray Train logs every report at INFO ("Reporting training result ..."), one long line per
+    # logged step; foil prints its own one-line progress instead (pinned Ray, internal logger).
+    from ray.train.v2._internal.execution import context as ray_train_context
+
+    ray_train_context.logger.setLevel(logging.WARNING)
 
     cfg = TrainConfig(**config["train"])
     use_gpu = config["use_gpu"]
@@ -253,6 +260,7 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     fs, run_dir = fsspec.core.url_to_fs(f"{storage.rstrip('/')}/{run_name}")
     fs.makedirs(run_dir, exist_ok=True)
     curve_path = f"{storage.rstrip('/')}/{run_name}/curve.jsonl"
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
     data = ray.data.read_parquet(files, columns=columns, ray_remote_args={"num_cpus": 0}).filter(expr=col(S.SPLIT) == "train", num_cpus=0)
     start = time.perf_counter()
     trainer = TorchTrainer(

@@ -27,6 +27,19 @@ def training_entrypoint(python: str, dataset: str, config: str | None, out: str,
     return shlex.join(cmd)
 
 
+def _submit_when_ready(client, entrypoint: str, wait_s: float = 120.0) -> str:
+    """A head that has just started answers before its job agent is up ("No available agent to
+    submit job"); wait for the agent rather than fail."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, metadata={"submitted_by": "foil"})
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def submit(address: str, entrypoint: str, wait: bool = True, log: Callable[[str], None] = print, poll_s: float = 1.0, timeout_s: float | None = None) -> tuple[str, str]:
     """Submit `entrypoint` to the cluster's job server at `address` (http://HOST:8265).
     Returns (job id, final status), or the current status when `wait` is False."""
@@ -36,7 +49,7 @@ def submit(address: str, entrypoint: str, wait: bool = True, log: Callable[[str]
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"--address: cannot reach a Ray job server at {address}: {str(exc).splitlines()[0]}") from None
-    job_id = client.submit_job(entrypoint=entrypoint, metadata={"submitted_by": "foil"})
+    job_id = _submit_when_ready(client, entrypoint)
     log(f"[foil submit] job {job_id} submitted to {address}: {entrypoint}")
     if not wait:
         return job_id, str(client.get_job_status(job_id).value)
