@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("score", "rule scores and hashes into table `scores`"),
+        ("embed", "image/text embeddings and CLIP scores into table `embeddings` (model from the recipe)"),
         ("negatives", "text hard negatives for curated captions into table `neg_text`"),
         ("export", "training shards into table `train` (parquet; --webdataset adds tars)"),
     ):
@@ -218,6 +219,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         )
     elif args.command == "score":
         report = F.score_flow(args.dataset, args.recipe, args.overwrite)
+    elif args.command == "embed":
+        report = F.embed_flow(args.dataset, args.recipe, args.overwrite)
     elif args.command == "negatives":
         report = F.negatives_flow(args.dataset, args.recipe, args.overwrite)
     elif args.command == "export":
@@ -283,6 +286,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "crawl": cmd_stage,
     "score": cmd_stage,
+    "embed": cmd_stage,
     "negatives": cmd_stage,
     "export": cmd_stage,
     "curate": cmd_curate,

@@ -50,6 +50,13 @@ def score_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[st
     return report
 
 
+@task(name="embed", retries=1, retry_delay_seconds=2)
+def embed_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
+    report = steps.embed(Dataset(dataset), recipe.embed or {}, steps.make_runner(recipe), overwrite=overwrite)
+    _publish("embed", report)
+    return report
+
+
 @task(name="curate")
 def curate_task(dataset: str, recipe: Recipe) -> list[dict[str, Any]]:
     funnel = steps.curate(Dataset(dataset), recipe.curate)
@@ -103,6 +110,11 @@ def score_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = F
     return score_task(dataset, _recipe(recipe_path), overwrite)
 
 
+@flow(name="embed")
+def embed_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    return embed_task(dataset, _recipe(recipe_path), overwrite)
+
+
 @flow(name="curate")
 def curate_flow(dataset: str, recipe_path: str | None = None) -> list[dict[str, Any]]:
     return curate_task(dataset, _recipe(recipe_path))
@@ -134,7 +146,7 @@ def eval_flow(dataset: str | None, checkpoint: str, model: str, run_id: str, fil
 
 @flow(name="end-to-end")
 def end_to_end(dataset: str, url_files: list[str], recipe_path: str | None = None, use_gpu: bool = False) -> dict[str, Any]:
-    """crawl -> score -> curate -> negatives -> export -> train -> eval -> summary."""
+    """crawl -> score -> [embed] -> curate -> negatives -> export -> train -> eval -> summary."""
     recipe = _recipe(recipe_path)
     timings: dict[str, float] = {}
 
@@ -146,6 +158,8 @@ def end_to_end(dataset: str, url_files: list[str], recipe_path: str | None = Non
 
     crawl = timed("crawl", crawl_task, dataset, url_files, recipe)
     timed("score", score_task, dataset, recipe)
+    if recipe.embed is not None:
+        timed("embed", embed_task, dataset, recipe)
     timed("curate", curate_task, dataset, recipe)
     timed("negatives", negatives_task, dataset, recipe)
     timed("export", export_task, dataset, recipe)

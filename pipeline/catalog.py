@@ -35,6 +35,13 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_caption_words": 1,
     "max_caption_words": 64,
     "min_caption_chars": 3,
+    "min_clip_score": -1.0,  # cosine; -1 keeps everything (no CLIP filter)
+}
+
+# Tables that optional stages write. Until they exist, an empty view with the columns the sql/
+# files use stands in, so the curated view works before (or without) those stages.
+PLACEHOLDERS = {
+    "embeddings": "SELECT NULL::VARCHAR AS sample_id, NULL::FLOAT AS clip_score, NULL::VARCHAR AS model, NULL::VARCHAR AS shard WHERE false",
 }
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
@@ -104,6 +111,10 @@ class Catalog:
                     f"FROM read_parquet('{glob}', filename = true, union_by_name = true)"
                 )
                 status[name] = "ok"
+            for name, select in PLACEHOLDERS.items():
+                if status.get(name) != "ok":
+                    con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
+                    status[name] = "placeholder: empty until its stage runs"
             values = {k: repr(v) for k, v in thresholds.items()}
             values["dataset"] = self.dataset.root.replace("'", "''")  # used inside SQL string literals
             for f in sql_files():

@@ -16,7 +16,7 @@ import yaml
 from pipeline.catalog import validate_thresholds
 from pipeline.stage import ConfigError, build_stage
 
-SECTIONS = ("runner", "crawl", "curate", "negatives", "export", "train")
+SECTIONS = ("runner", "crawl", "embed", "curate", "negatives", "export", "train")
 RUNNER_KINDS = ("ray", "local")
 
 
@@ -29,6 +29,7 @@ class Recipe:
     shard_rows: int = 1000
     url_col: str = "url"
     caption_col: str = "caption"
+    embed: dict[str, Any] | None = None  # None: no embedding stage in the end-to-end flow
     curate: dict[str, float] = field(default_factory=dict)
     negatives: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +82,9 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe.url_col = crawl.get("url_col", "url")
     recipe.caption_col = crawl.get("caption_col", "caption")
 
+    if "embed" in data:
+        recipe.embed = _section(data, "embed")
+        build_stage("embed", recipe.embed)
     recipe.curate = validate_thresholds(_section(data, "curate"))
     recipe.negatives = _section(data, "negatives")
     build_stage("negatives", recipe.negatives)

@@ -23,7 +23,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline.catalog import Catalog
-from pipeline.stage import ConfigError, StageStats, build_stage
+from pipeline.stage import ConfigError, Stage, StageStats, build_stage, stage_class
 from pipeline.store import Dataset, StoreError
 
 
@@ -69,11 +69,14 @@ class RunReport:
         return d
 
 
-def run_shard(task: ShardTask) -> ShardResult:
-    """Run one stage over one input shard and commit the output shard. Never raises."""
+def run_shard(task: ShardTask, stage: Stage | None = None) -> ShardResult:
+    """Run one stage over one input shard and commit the output shard. Never raises.
+    `stage` is a reused instance (its counters are reset here); None builds a fresh one."""
     start = time.perf_counter()
     try:
-        stage = build_stage(task.stage, task.params)
+        if stage is None:
+            stage = build_stage(task.stage, task.params)
+        stage.stats = StageStats()
         dataset = Dataset(task.dataset)
         if task.input_view:
             data = Catalog(dataset).read_view_shard(task.input_view, task.shard, stage.input_columns)
@@ -164,8 +167,10 @@ class LocalRunner(_Runner):
     """Runs shards one after another in this process (tests, notebooks, small data)."""
 
     def _execute(self, tasks: list[ShardTask], desc: str):
+        reuse = bool(tasks) and stage_class(tasks[0].stage).reuse_instance
+        shared = build_stage(tasks[0].stage, tasks[0].params) if reuse else None
         for task in tqdm(tasks, desc=desc, unit="shard", disable=not self.progress):
-            yield run_shard(task)
+            yield run_shard(task, shared)
 
 
 class RayRunner(_Runner):
@@ -180,6 +185,9 @@ class RayRunner(_Runner):
         import ray
 
         ensure_ray(self.address)
+        if tasks and stage_class(tasks[0].stage).reuse_instance:
+            yield from self._execute_on_actors(tasks, desc)
+            return
         remote = ray.remote(num_cpus=self.num_cpus_per_shard, max_retries=0)(run_shard)
         pending = {remote.remote(t): t for t in tasks}
         with tqdm(total=len(tasks), desc=desc, unit="shard", disable=not self.progress) as bar:
@@ -193,6 +201,46 @@ class RayRunner(_Runner):
                         result = ShardResult(task.shard, "failed", error=f"worker lost: {type(exc).__name__}: {exc}")
                     bar.update(1)
                     yield result
+
+
+    def _execute_on_actors(self, tasks: list[ShardTask], desc: str):
+        """An actor pool: each actor builds the stage (and so loads its model) once, then takes
+        shards one at a time. A dead actor fails only the shard it held, and is replaced."""
+        import ray
+
+        @ray.remote(num_cpus=self.num_cpus_per_shard, max_restarts=0)
+        class StageActor:
+            def __init__(self, stage: str, params: dict[str, Any]):
+                self.stage = build_stage(stage, params)
+
+            def run(self, task: ShardTask) -> ShardResult:
+                return run_shard(task, self.stage)
+
+        size = max(1, min(len(tasks), int(ray.available_resources().get("CPU", 1) // self.num_cpus_per_shard)))
+        first = tasks[0]
+        queue = list(tasks)
+        running: dict[Any, tuple[ShardTask, Any]] = {}
+
+        def start(actor: Any) -> None:
+            task = queue.pop(0)
+            running[actor.run.remote(task)] = (task, actor)
+
+        for _ in range(size):
+            if queue:
+                start(StageActor.remote(first.stage, first.params))
+        with tqdm(total=len(tasks), desc=desc, unit="shard", disable=not self.progress) as bar:
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1)
+                task, actor = running.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except Exception as exc:  # the actor died: record the shard, replace the actor
+                    result = ShardResult(task.shard, "failed", error=f"worker lost: {type(exc).__name__}: {exc}")
+                    actor = StageActor.remote(first.stage, first.params)
+                bar.update(1)
+                yield result
+                if queue:
+                    start(actor)
 
 
 def ensure_ray(address: str | None = None) -> None:

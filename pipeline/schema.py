@@ -21,6 +21,7 @@ NEG_TEXT = "neg_text"
 TRAIN = "train"
 RUNS = "runs"
 METRICS = "metrics"
+EMBEDDINGS = "embeddings"
 
 # Columns shared across tables.
 SAMPLE_ID = "sample_id"
@@ -58,6 +59,12 @@ CHECKS = "checks"
 # train
 NEG_KIND = "negative_kind"
 SPLIT = "split"
+
+# embeddings
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
+CLIP_SCORE = "clip_score"
+MODEL = "model"
 
 # runs / metrics
 RUN_ID = "run_id"
@@ -146,6 +153,19 @@ RUNS_SCHEMA = pa.schema(
         ("samples_per_second", pa.float64()),
     ]
 )
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """Vectors are L2-normalised and stored as float16: half the bytes, ample for cosine search."""
+    return pa.schema(
+        [
+            (SAMPLE_ID, pa.string()),
+            (IMAGE_EMBEDDING, pa.list_(pa.float16(), dim)),
+            (TEXT_EMBEDDING, pa.list_(pa.float16(), dim)),
+            (CLIP_SCORE, pa.float32()),
+            (MODEL, pa.string()),
+        ]
+    )
 
 
 def sample_id(url: str, caption: str | None) -> str:

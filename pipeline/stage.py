@@ -59,6 +59,9 @@ class Stage:
     input_columns: ClassVar[list[str] | None] = None
     # Rows per batch handed to `process`; None hands over the whole shard as one batch.
     batch_rows: ClassVar[int | None] = 1024
+    # Stages with costly set-up (a model) say so; runners then build one instance per worker and
+    # reuse it for every shard (Ray: an actor pool) instead of building one per shard.
+    reuse_instance: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.stats = StageStats()
@@ -102,12 +105,16 @@ def stage_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_stage(name: str, params: dict[str, Any] | None = None) -> Stage:
-    """Instantiate a registered stage from its name and keyword parameters (validated here)."""
+def stage_class(name: str) -> type[Stage]:
     _load_builtin_stages()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def build_stage(name: str, params: dict[str, Any] | None = None) -> Stage:
+    """Instantiate a registered stage from its name and keyword parameters (validated here)."""
+    cls = stage_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     for key in params or {}:
         if key not in accepted:
@@ -117,4 +124,4 @@ def build_stage(name: str, params: dict[str, Any] | None = None) -> Stage:
 
 def _load_builtin_stages() -> None:
     # Imported for their @register side effect; kept here so the registry is always complete.
-    from pipeline import crawl, export, negatives_text, score  # noqa: F401
+    from pipeline import crawl, embed, export, negatives_text, score  # noqa: F401

@@ -63,6 +63,11 @@ def score(dataset: Dataset, runner: LocalRunner | RayRunner, overwrite: bool = F
     return _finish(dataset, runner.run("score", {}, dataset, S.RAW, S.SCORES, overwrite=overwrite))
 
 
+def embed(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+    """Image/text embeddings and CLIP scores of every crawled image (table `embeddings`)."""
+    return _finish(dataset, runner.run("embed", params, dataset, S.RAW, S.EMBEDDINGS, overwrite=overwrite))
+
+
 def curate(dataset: Dataset, thresholds: dict[str, Any]) -> list[dict[str, Any]]:
     """Set the thresholds and recreate the views; nothing is recomputed. Returns the funnel."""
     catalog = Catalog(dataset)

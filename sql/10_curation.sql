@@ -3,7 +3,7 @@
 CREATE OR REPLACE VIEW curation AS
 SELECT
     r.sample_id, r.url, r.caption, r.status, r.error, r.shard,
-    s.width, s.height, s.aspect_ratio, s.caption_words, s.caption_chars, s.sha256, s.phash,
+    s.width, s.height, s.aspect_ratio, s.caption_words, s.caption_chars, s.sha256, s.phash, e.clip_score,
     CASE
         WHEN r.status <> 'success' THEN 'crawl:' || r.status
         WHEN s.sample_id IS NULL THEN 'not_scored'
@@ -12,10 +12,13 @@ SELECT
         WHEN greatest(s.aspect_ratio, 1 / s.aspect_ratio) > ${max_aspect_ratio} THEN 'extreme_aspect_ratio'
         WHEN s.caption_words < ${min_caption_words} OR s.caption_chars < ${min_caption_chars} THEN 'caption_too_short'
         WHEN s.caption_words > ${max_caption_words} THEN 'caption_too_long'
+        WHEN ${min_clip_score} > -1 AND e.clip_score IS NULL THEN 'no_clip_score'
+        WHEN e.clip_score < ${min_clip_score} THEN 'low_clip_score'
         WHEN row_number() OVER (PARTITION BY s.sha256 ORDER BY r.sample_id) > 1 THEN 'duplicate:sha256'
     END AS drop_reason
 FROM raw r
-LEFT JOIN scores s ON s.sample_id = r.sample_id;
+LEFT JOIN scores s ON s.sample_id = r.sample_id
+LEFT JOIN embeddings e ON e.sample_id = r.sample_id;
 
 CREATE OR REPLACE VIEW curated AS
 SELECT * EXCLUDE (drop_reason) FROM curation WHERE drop_reason IS NULL;
@@ -28,4 +31,5 @@ ORDER BY CASE
     WHEN reason LIKE 'crawl:%' THEN 1 WHEN reason = 'not_scored' THEN 2 WHEN reason = 'decode_error' THEN 3
     WHEN reason = 'too_small' THEN 4 WHEN reason = 'extreme_aspect_ratio' THEN 5
     WHEN reason = 'caption_too_short' THEN 6 WHEN reason = 'caption_too_long' THEN 7
-    WHEN reason LIKE 'duplicate:%' THEN 8 ELSE 9 END, reason;
+    WHEN reason IN ('no_clip_score', 'low_clip_score') THEN 8
+    WHEN reason LIKE 'duplicate:%' THEN 9 ELSE 10 END, reason;

@@ -98,3 +98,22 @@ def sigkill_after_shards(cmd: list[str], markers: Path, after: int, cwd: Path, t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return len(list(markers.glob("*.json")))
+
+
+def make_emoji_raw(ds: Dataset, emoji_dir: Path, items, shards: int) -> None:
+    """A `raw` table of real emoji images, as a crawl would have written it."""
+    per = -(-len(items) // shards)
+    raw = ds.table(S.RAW)
+    for s in range(shards):
+        out = {name: [] for name in S.RAW_SCHEMA.names}
+        for it in items[s * per : (s + 1) * per]:
+            url = f"http://h/{it.image}"
+            out[S.SAMPLE_ID].append(S.sample_id(url, it.caption))
+            out[S.URL].append(url)
+            out[S.CAPTION].append(it.caption)
+            out[S.STATUS].append("success")
+            out[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+            for col in (S.ERROR, S.ERROR_KIND, S.WIDTH, S.HEIGHT, S.ORIGINAL_WIDTH, S.ORIGINAL_HEIGHT, S.SHA256):
+                out[col].append(None)
+        raw.write_shard(shard_name(s), pa.table(out, schema=S.RAW_SCHEMA))
+    raw.write_manifest("crawl", {}, [S.URLS])
