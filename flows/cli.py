@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("--webdataset", action="store_true", help="also write webdataset tars to <dataset>/train_wds/<split>/")
 
+    p = sub.add_parser("dedup", help="exact, near (pHash) and semantic (embeddings) duplicates into table `duplicates`")
+    _add_dataset(p)
+    _add_recipe(p)
+
     p = sub.add_parser("curate", help="apply the recipe's thresholds: recreate the `curated` and `funnel` views")
     _add_dataset(p)
     _add_recipe(p)
@@ -231,6 +235,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from flows.pipeline_flows import dedup_flow
+
+    _print_report(dedup_flow(args.dataset, args.recipe))
+    return 0
+
+
 def cmd_curate(args: argparse.Namespace) -> int:
     from flows.pipeline_flows import curate_flow
 
@@ -290,6 +301,7 @@ COMMANDS = {
     "negatives": cmd_stage,
     "export": cmd_stage,
     "curate": cmd_curate,
+    "dedup": cmd_dedup,
     "train": cmd_train,
     "eval": cmd_eval,
     "submit": cmd_submit,

@@ -57,6 +57,13 @@ def embed_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[st
     return report
 
 
+@task(name="dedup")
+def dedup_task(dataset: str, recipe: Recipe) -> dict[str, Any]:
+    report = steps.dedup(Dataset(dataset), recipe.dedup)
+    create_table_artifact(key="dedup", table=[{"what": k, "count": v} for k, v in report.items()], description="duplicates found, by kind")
+    return report
+
+
 @task(name="curate")
 def curate_task(dataset: str, recipe: Recipe) -> list[dict[str, Any]]:
     funnel = steps.curate(Dataset(dataset), recipe.curate)
@@ -115,6 +122,11 @@ def embed_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = F
     return embed_task(dataset, _recipe(recipe_path), overwrite)
 
 
+@flow(name="dedup")
+def dedup_flow(dataset: str, recipe_path: str | None = None) -> dict[str, Any]:
+    return dedup_task(dataset, _recipe(recipe_path))
+
+
 @flow(name="curate")
 def curate_flow(dataset: str, recipe_path: str | None = None) -> list[dict[str, Any]]:
     return curate_task(dataset, _recipe(recipe_path))
@@ -146,7 +158,7 @@ def eval_flow(dataset: str | None, checkpoint: str, model: str, run_id: str, fil
 
 @flow(name="end-to-end")
 def end_to_end(dataset: str, url_files: list[str], recipe_path: str | None = None, use_gpu: bool = False) -> dict[str, Any]:
-    """crawl -> score -> [embed] -> curate -> negatives -> export -> train -> eval -> summary."""
+    """crawl -> score -> [embed] -> dedup -> curate -> negatives -> export -> train -> eval -> summary."""
     recipe = _recipe(recipe_path)
     timings: dict[str, float] = {}
 
@@ -160,6 +172,7 @@ def end_to_end(dataset: str, url_files: list[str], recipe_path: str | None = Non
     timed("score", score_task, dataset, recipe)
     if recipe.embed is not None:
         timed("embed", embed_task, dataset, recipe)
+    timed("dedup", dedup_task, dataset, recipe)
     timed("curate", curate_task, dataset, recipe)
     timed("negatives", negatives_task, dataset, recipe)
     timed("export", export_task, dataset, recipe)

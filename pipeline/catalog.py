@@ -4,9 +4,12 @@
 
 - one view per table (`raw`, `scores`, ...) over that table's committed shards, with a `shard`
   column naming the shard each row came from (runners use it to read a view shard by shard);
+- empty placeholder views for tables of optional stages that have not run (`embeddings`,
+  `duplicates`), so the views that join them work anyway;
 - then every `sql/*.sql` file in name order, rendered with the curation thresholds
-  (`${min_width}` and friends) and the dataset folder (`${dataset}`). A file whose tables do not exist yet is skipped and listed in
-  the `foil_views` table with the reason, and picked up by a later refresh.
+  (`${min_width}` and friends) and the dataset folder (`${dataset}`). A file whose tables or
+  columns do not exist (yet) is skipped and listed in the `foil_views` table with the reason,
+  and picked up by a later refresh.
 
 `query` opens the file read-only and refuses any statement that is not a read (CREATE, INSERT,
 COPY ... TO, ATTACH, SET, INSTALL, ...), before running anything.
@@ -42,6 +45,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 # files use stands in, so the curated view works before (or without) those stages.
 PLACEHOLDERS = {
     "embeddings": "SELECT NULL::VARCHAR AS sample_id, NULL::FLOAT AS clip_score, NULL::VARCHAR AS model, NULL::VARCHAR AS shard WHERE false",
+    "duplicates": "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS duplicate_of, NULL::VARCHAR AS kind, NULL::FLOAT AS distance, NULL::VARCHAR AS shard WHERE false",
 }
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
@@ -127,7 +131,7 @@ class Catalog:
                     con.execute(text)
                     con.execute("COMMIT")
                     status[f.name] = "ok"
-                except duckdb.CatalogException as exc:
+                except (duckdb.CatalogException, duckdb.BinderException) as exc:  # a table or column its SQL needs is absent
                     con.execute("ROLLBACK")
                     status[f.name] = f"skipped: {str(exc).splitlines()[0]}"
             con.execute("CREATE OR REPLACE TABLE foil_views (source VARCHAR, status VARCHAR)")

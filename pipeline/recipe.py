@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 
 from pipeline.catalog import validate_thresholds
+from pipeline.dedup import DedupConfig
 from pipeline.stage import ConfigError, build_stage
 
-SECTIONS = ("runner", "crawl", "embed", "curate", "negatives", "export", "train")
+SECTIONS = ("runner", "crawl", "embed", "dedup", "curate", "negatives", "export", "train")
 RUNNER_KINDS = ("ray", "local")
 
 
@@ -30,6 +31,7 @@ class Recipe:
     url_col: str = "url"
     caption_col: str = "caption"
     embed: dict[str, Any] | None = None  # None: no embedding stage in the end-to-end flow
+    dedup: dict[str, Any] = field(default_factory=dict)
     curate: dict[str, float] = field(default_factory=dict)
     negatives: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +87,8 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     if "embed" in data:
         recipe.embed = _section(data, "embed")
         build_stage("embed", recipe.embed)
+    recipe.dedup = _section(data, "dedup")
+    DedupConfig.from_dict(recipe.dedup)
     recipe.curate = validate_thresholds(_section(data, "curate"))
     recipe.negatives = _section(data, "negatives")
     build_stage("negatives", recipe.negatives)

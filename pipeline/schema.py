@@ -45,6 +45,7 @@ CAPTION_CHARS = "caption_chars"
 CAPTION_WORDS = "caption_words"
 IMAGE_BYTES = "image_bytes"
 PHASH = "phash"
+COLOR_THUMB = "color_thumb"
 DECODE_ERROR = "decode_error"
 
 # neg_text
@@ -104,6 +105,7 @@ SCORES_SCHEMA = pa.schema(
         (IMAGE_BYTES, pa.int64()),
         (SHA256, pa.string()),
         (PHASH, pa.string()),
+        (COLOR_THUMB, pa.string()),
         (DECODE_ERROR, pa.string()),
     ]
 )

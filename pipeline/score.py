@@ -1,7 +1,7 @@
 """Score stage: rule scores and hashes for every crawled image, written first, decided on later.
 
 Nothing is filtered here. Each successfully crawled row gets one score row (size, aspect ratio,
-caption length, byte size, sha256 and a 64-bit DCT perceptual hash); the curated view in SQL
+caption length, byte size, sha256, a 64-bit DCT perceptual hash and a 4x4 colour thumbnail); the curated view in SQL
 applies thresholds, so changing a threshold never recomputes a score. Rows the crawl did not
 fetch are counted (`not_crawled`) and get no score row. An image that does not decode gets a
 score row with `decode_error` set, so it is removed by the view with that reason.
@@ -30,6 +30,20 @@ def perceptual_hash(image: Image.Image) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
+def color_thumb(image: Image.Image) -> str:
+    """The image shrunk to 4x4 RGB, as hex (48 bytes). pHash ignores colour; this keeps it, so a
+    red and a blue heart are not taken for near-duplicates."""
+    rgb = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgb.size, (255, 255, 255, 255))
+    canvas.alpha_composite(rgb)
+    return canvas.convert("RGB").resize((4, 4), Image.Resampling.BOX).tobytes().hex()
+
+
+def color_difference(a: str, b: str) -> int:
+    """Largest per-channel difference (0-255) between two colour thumbnails."""
+    return int(np.max(np.abs(np.frombuffer(bytes.fromhex(a), np.uint8).astype(int) - np.frombuffer(bytes.fromhex(b), np.uint8).astype(int))))
+
+
 def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
@@ -53,12 +67,13 @@ class ScoreStage(Stage):
                 continue
             caption = caption or ""
             width = height = None
-            phash = decode_error = None
+            phash = thumb = decode_error = None
             try:
                 with Image.open(io.BytesIO(blob)) as img:
                     img.load()
                     width, height = img.size
                     phash = perceptual_hash(img)
+                    thumb = color_thumb(img)
             except Exception as exc:  # PIL raises many types for corrupt data; record which
                 decode_error = f"{type(exc).__name__}: {exc}"[:200]
                 self.count("decode_error")
@@ -71,6 +86,7 @@ class ScoreStage(Stage):
             out[S.IMAGE_BYTES].append(len(blob))
             out[S.SHA256].append(hashlib.sha256(blob).hexdigest())
             out[S.PHASH].append(phash)
+            out[S.COLOR_THUMB].append(thumb)
             out[S.DECODE_ERROR].append(decode_error)
         if out[S.SAMPLE_ID]:
             yield pa.RecordBatch.from_pydict(out, schema=S.SCORES_SCHEMA)

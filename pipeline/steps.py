@@ -10,6 +10,8 @@ from typing import Any
 
 from pipeline import schema as S
 from pipeline.catalog import Catalog
+from pipeline.dedup import DedupConfig
+from pipeline.dedup import dedup as find_duplicates
 from pipeline.export import write_webdataset
 from pipeline.recipe import Recipe
 from pipeline.runners import LocalRunner, RayRunner, RunReport
@@ -66,6 +68,13 @@ def score(dataset: Dataset, runner: LocalRunner | RayRunner, overwrite: bool = F
 def embed(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
     """Image/text embeddings and CLIP scores of every crawled image (table `embeddings`)."""
     return _finish(dataset, runner.run("embed", params, dataset, S.RAW, S.EMBEDDINGS, overwrite=overwrite))
+
+
+def dedup(dataset: Dataset, params: dict[str, Any]) -> dict[str, Any]:
+    """Exact, near and (with embeddings) semantic duplicates into table `duplicates`."""
+    report = find_duplicates(dataset, DedupConfig.from_dict(params))
+    Catalog(dataset).refresh()
+    return report
 
 
 def curate(dataset: Dataset, thresholds: dict[str, Any]) -> list[dict[str, Any]]:

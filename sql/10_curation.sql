@@ -15,13 +15,15 @@ SELECT
         WHEN ${min_clip_score} > -1 AND e.clip_score IS NULL THEN 'no_clip_score'
         WHEN e.clip_score < ${min_clip_score} THEN 'low_clip_score'
         WHEN row_number() OVER (PARTITION BY s.sha256 ORDER BY r.sample_id) > 1 THEN 'duplicate:sha256'
-    END AS drop_reason
+        WHEN d.kind IS NOT NULL THEN 'duplicate:' || d.kind
+    END AS drop_reason, d.duplicate_of
 FROM raw r
 LEFT JOIN scores s ON s.sample_id = r.sample_id
-LEFT JOIN embeddings e ON e.sample_id = r.sample_id;
+LEFT JOIN embeddings e ON e.sample_id = r.sample_id
+LEFT JOIN duplicates d ON d.sample_id = r.sample_id;
 
 CREATE OR REPLACE VIEW curated AS
-SELECT * EXCLUDE (drop_reason) FROM curation WHERE drop_reason IS NULL;
+SELECT * EXCLUDE (drop_reason, duplicate_of) FROM curation WHERE drop_reason IS NULL;
 
 -- Rows removed per reason, in the order the rules are applied; `kept` is what remains.
 CREATE OR REPLACE VIEW funnel AS
