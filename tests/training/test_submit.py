@@ -29,12 +29,16 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path):
     gcs, dashboard = _free_port(), _free_port()
+    # The job agent needs its own ports: an embedded Ray that other tests started in this session
+    # holds the defaults (52365...), and a head whose agent cannot bind never takes a job.
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     # its own temp dir: `ray start` records the cluster there, not in /tmp/ray where other
     # processes would find it (short, because Ray's socket paths must fit in 107 characters)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats", *agent_ports],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dashboard}"
