@@ -117,3 +117,30 @@ def make_emoji_raw(ds: Dataset, emoji_dir: Path, items, shards: int) -> None:
                 out[col].append(None)
         raw.write_shard(shard_name(s), pa.table(out, schema=S.RAW_SCHEMA))
     raw.write_manifest("crawl", {}, [S.URLS])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float) -> bool:
+    """Poll `url` until it answers (any status) or `timeout` seconds pass."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False

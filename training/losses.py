@@ -27,11 +27,16 @@ def gather_features(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     return torch.cat(chunks, dim=0)
 
 
-class ContrastiveLoss(nn.Module):
+class _GatheringLoss(nn.Module):
+    """A loss over features gathered from every worker; rank and world size are passed in."""
+
     def __init__(self, rank: int = 0, world_size: int = 1):
         super().__init__()
         self.rank = rank
         self.world_size = world_size
+
+
+class ContrastiveLoss(_GatheringLoss):
 
     def forward(
         self,
@@ -74,7 +79,7 @@ class ContrastiveLoss(nn.Module):
         return logits.masked_fill(invalid.unsqueeze(0), float("-inf"))
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(_GatheringLoss):
     """SigLIP's pairwise sigmoid loss, with text hard negatives as extra negative pairs.
 
     Every (image, text) pair is a binary decision: +1 on the diagonal, -1 elsewhere, and -1 for

@@ -8,11 +8,12 @@ then run again on the same folder: it must resume (nothing recrawled) and duplic
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import free_port
 
 TINY_RECIPE = """
 runner: {kind: ray, retries: 1}
@@ -24,12 +25,6 @@ negatives: {kinds: [replace_attribute, replace_object], seed: 0}
 export: {eval_percent: 20, webdataset: true}
 train: {model: foil-tiny-vit, steps: 6, batch_size: 16, warmup_steps: 1, checkpoint_every: 3, log_every: 3, workers: 1}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def foil(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -47,7 +42,7 @@ def test_demo_end_to_end_then_resume(tmp_path, emoji_dir):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE)
     out = tmp_path / "demo"
-    port = str(_free_port())
+    port = str(free_port())
     args = ("demo", "--out", str(out), "--limit", "120", "--recipe", str(recipe), "--port", port, "--sample-dir", str(emoji_dir))
 
     first = foil(*args)

@@ -4,11 +4,8 @@ process worker run one of them (`curate/on-demand`) on a small dataset."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,21 +14,15 @@ from pipeline import schema as S
 from pipeline.catalog import Catalog
 from pipeline.runners import LocalRunner
 from pipeline.store import Dataset
-from tests.conftest import make_raw
+from tests.conftest import free_port, make_raw, wait_for_http
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def prefect_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -40,14 +31,7 @@ def prefect_server(tmp_path):
         "FOIL_HOME": str(REPO),
     }
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not wait_for_http(f"http://127.0.0.1:{port}/api/health", 90):
         server.kill()
         pytest.fail("prefect server did not start")
     yield env

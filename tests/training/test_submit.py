@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,23 +13,18 @@ import pytest
 
 from pipeline import schema as S
 from pipeline.store import Dataset
+from tests.conftest import free_port, wait_for_http
 
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head(tmp_path):
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     # The job agent needs its own ports: an embedded Ray that other tests started in this session
     # holds the defaults (52365...), and a head whose agent cannot bind never takes a job.
-    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     # its own temp dir: `ray start` records the cluster there, not in /tmp/ray where other
     # processes would find it (short, because Ray's socket paths must fit in 107 characters)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
@@ -42,14 +34,7 @@ def ray_head(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not wait_for_http(f"{address}/api/version", 120):
         head.kill()
         pytest.fail("ray head did not start")
     yield address
@@ -86,7 +71,7 @@ def test_submit_training_streams_logs_and_succeeds(tmp_path, ray_head, emoji_dir
 
 def test_submit_to_nothing_is_a_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "submit", "--address", f"http://127.0.0.1:{_free_port()}", "--dataset", "d", "--out", "o"],
+        [sys.executable, "-m", "flows.cli", "submit", "--address", f"http://127.0.0.1:{free_port()}", "--dataset", "d", "--out", "o"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "cannot reach a Ray job server" in proc.stderr and "Traceback" not in proc.stderr
