@@ -63,8 +63,6 @@ class EmbedStage(Stage):
         self.count("model_loads")
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        import torch
-
         from training import model as M
 
         if self._model is None:
@@ -83,14 +81,8 @@ class EmbedStage(Stage):
             captions.append(caption or "")
         if not ids:
             return
-        img_parts, txt_parts = [], []
-        with torch.no_grad():
-            for start in range(0, len(ids), self.batch_size):
-                pixels = M.normalize(torch.from_numpy(np.stack(images[start : start + self.batch_size])))
-                img_parts.append(self._model.encode_image(pixels, normalize=True).float().numpy())
-                tokens = self._tokenize(captions[start : start + self.batch_size])
-                txt_parts.append(self._model.encode_text(tokens, normalize=True).float().numpy())
-        img, txt = np.concatenate(img_parts), np.concatenate(txt_parts)  # [N, D] each
+        img = M.encode_images(self._model, images, self.batch_size)  # [N, D]
+        txt = M.encode_texts(self._model, self._tokenize, captions, self.batch_size)  # [N, D]
         dim = img.shape[1]
         yield pa.RecordBatch.from_pydict(
             {

@@ -6,7 +6,6 @@ Built from the catalog (so it shows what SQL shows), written into the dataset fo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pipeline.catalog import Catalog
@@ -65,6 +64,3 @@ def write_summary(dataset: Dataset, summary: dict[str, Any]) -> str:
     dataset.write_text("summary.md", text)
     return text
 
-
-def dumps(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2, default=str)

@@ -30,13 +30,17 @@ def perceptual_hash(image: Image.Image) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
+def on_white(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white (emoji and logos are mostly alpha)."""
+    canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    canvas.alpha_composite(image.convert("RGBA"))
+    return canvas.convert("RGB")
+
+
 def color_thumb(image: Image.Image) -> str:
     """The image shrunk to 4x4 RGB, as hex (48 bytes). pHash ignores colour; this keeps it, so a
     red and a blue heart are not taken for near-duplicates."""
-    rgb = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgb.size, (255, 255, 255, 255))
-    canvas.alpha_composite(rgb)
-    return canvas.convert("RGB").resize((4, 4), Image.Resampling.BOX).tobytes().hex()
+    return on_white(image).resize((4, 4), Image.Resampling.BOX).tobytes().hex()
 
 
 def color_difference(a: str, b: str) -> int:

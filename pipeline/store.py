@@ -20,12 +20,11 @@ Paths may be local or any fsspec URL (`s3://bucket/ds`); fsync only applies to l
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -91,7 +90,7 @@ class Dataset:
 
     def write_json(self, relpath: str, payload: Any) -> str:
         target = self.path(relpath)
-        _atomic_write_bytes(self.fs, target, (json.dumps(payload, indent=2, default=str) + "\n").encode(), self.is_local)
+        atomic_write_bytes(self.fs, target, (json.dumps(payload, indent=2, default=str) + "\n").encode())
         return target
 
     def read_json(self, relpath: str) -> Any:
@@ -100,7 +99,7 @@ class Dataset:
 
     def write_text(self, relpath: str, text: str) -> str:
         target = self.path(relpath)
-        _atomic_write_bytes(self.fs, target, text.encode("utf-8"), self.is_local)
+        atomic_write_bytes(self.fs, target, text.encode("utf-8"))
         return target
 
 
@@ -117,22 +116,29 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(fs: fsspec.AbstractFileSystem, target: str, data: bytes, local: bool) -> None:
+def atomic_write(fs: fsspec.AbstractFileSystem, target: str, write: Callable[[BinaryIO], None]) -> None:
+    """Have `write` fill a temporary file in `<parent>/_tmp/`, then rename it to `target`: readers
+    see the old file or the whole new one, never a part. Local files are fsynced (file, then
+    folder) so a crash after the rename cannot lose them; elsewhere the move replaces the object."""
     parent = target.rsplit("/", 1)[0]
     tmp_dir = f"{parent}/{TMP}"
     fs.makedirs(tmp_dir, exist_ok=True)
     tmp = f"{tmp_dir}/{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}"
-    if local:
+    if isinstance(fs, LocalFileSystem):
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
         _fsync_dir(parent)
     else:
         with fs.open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
         fs.mv(tmp, target)
+
+
+def atomic_write_bytes(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> None:
+    atomic_write(fs, target, lambda f: f.write(data))
 
 
 class Table:
@@ -183,39 +189,14 @@ class Table:
     def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(f"{self.root}/{name}.parquet", columns=columns, filesystem=self.fs)
 
-    def iter_batches(self, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
-        for path in self.shard_paths():
-            with self.fs.open(path, "rb") as f:
-                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
-
-    def num_rows(self) -> int:
-        return sum(s.rows for s in self.finished_shards().values())
-
     # -- writing -----------------------------------------------------------------------------
     def write_shard(self, name: str, data: pa.Table, stats: dict[str, Any] | None = None) -> ShardInfo:
         """Write one shard atomically, then its completion marker. Safe to call again after a crash."""
-        self.fs.makedirs(f"{self.root}/{TMP}", exist_ok=True)
         self.fs.makedirs(f"{self.root}/{MARKERS}", exist_ok=True)
-        target = f"{self.root}/{name}.parquet"
-        tmp = f"{self.root}/{TMP}/{name}.parquet.{uuid.uuid4().hex}"
-        if self.dataset.is_local:
-            with open(tmp, "wb") as f:
-                pq.write_table(data, f, compression="zstd", row_group_size=1024)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(self.root)
-        else:
-            buf = io.BytesIO()
-            pq.write_table(data, buf, compression="zstd", row_group_size=1024)
-            with self.fs.open(tmp, "wb") as f:
-                f.write(buf.getvalue())
-            self.fs.mv(tmp, target)
+        atomic_write(self.fs, f"{self.root}/{name}.parquet", lambda f: pq.write_table(data, f, compression="zstd", row_group_size=1024))
         info = ShardInfo(name, data.num_rows, stats or {})
         marker = {"name": name, "rows": data.num_rows, "stats": info.stats, "written_at": _now()}
-        _atomic_write_bytes(
-            self.fs, f"{self.root}/{MARKERS}/{name}.json", json.dumps(marker, default=str).encode(), self.dataset.is_local
-        )
+        atomic_write_bytes(self.fs, f"{self.root}/{MARKERS}/{name}.json", json.dumps(marker, default=str).encode())
         return info
 
     def write_manifest(self, stage: str, config: dict[str, Any], inputs: Iterable[str], expected_shards: Iterable[str] | None = None) -> dict[str, Any]:
@@ -239,9 +220,7 @@ class Table:
             "updated_at": _now(),
         }
         self.fs.makedirs(self.root, exist_ok=True)
-        _atomic_write_bytes(
-            self.fs, f"{self.root}/{MANIFEST}", (json.dumps(manifest, indent=2, default=str) + "\n").encode(), self.dataset.is_local
-        )
+        atomic_write_bytes(self.fs, f"{self.root}/{MANIFEST}", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
         return manifest
 
     def clear(self) -> None:

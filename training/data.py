@@ -15,15 +15,13 @@ import numpy as np
 from PIL import Image
 
 from pipeline import schema as S
+from pipeline.score import on_white
 from training import model as M
 
 
 def decode_image(blob: bytes, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(blob)) as img:
-        img = img.convert("RGBA")
-        canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        canvas.alpha_composite(img)
-        rgb = canvas.convert("RGB")
+        rgb = on_white(img)
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(rgb, dtype=np.uint8)  # [H, W, 3]

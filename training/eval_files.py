@@ -78,7 +78,6 @@ class _Encoder:
         self.tokenize = M.tokenizer(model_name)
         self.image_root = Path(image_root)
 
-    @torch.no_grad()
     def images(self, names: list[str], where: Path) -> np.ndarray:
         arrays = []
         for name in names:
@@ -87,16 +86,10 @@ class _Encoder:
                 arrays.append(decode_image(file.read_bytes(), self.size))
             except FileNotFoundError:
                 raise ConfigError(f"{where}: image {file} not found") from None
-        out = []
-        for start in range(0, len(arrays), 64):
-            batch = torch.from_numpy(np.stack(arrays[start : start + 64]))
-            out.append(self.model.encode_image(M.normalize(batch), normalize=True).numpy())
-        return np.concatenate(out)
+        return M.encode_images(self.model, arrays)
 
-    @torch.no_grad()
     def texts(self, texts: list[str]) -> np.ndarray:
-        out = [self.model.encode_text(self.tokenize(texts[i : i + 256]), normalize=True).numpy() for i in range(0, len(texts), 256)]
-        return np.concatenate(out)
+        return M.encode_texts(self.model, self.tokenize, texts)
 
 
 def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:

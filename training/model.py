@@ -21,7 +21,9 @@ import os
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -139,5 +141,18 @@ def save_open_clip_checkpoint(model: torch.nn.Module, path: Path, step: int, nam
     torch.save({"name": name, "step": step, "state_dict": state}, path)
 
 
-def describe(name: str) -> str:
-    return json.dumps(model_config(name), sort_keys=True)
+@torch.no_grad()
+def encode_images(model: torch.nn.Module, images: list[np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """[N, H, W, 3] uint8 images -> [N, D] L2-normalised float32 features, batch by batch."""
+    parts = [
+        model.encode_image(normalize(torch.from_numpy(np.stack(images[i : i + batch_size]))), normalize=True).float().numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+@torch.no_grad()
+def encode_texts(model: torch.nn.Module, tokenize: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Captions -> [N, D] L2-normalised float32 features, batch by batch."""
+    parts = [model.encode_text(tokenize(texts[i : i + batch_size]), normalize=True).float().numpy() for i in range(0, len(texts), batch_size)]
+    return np.concatenate(parts)

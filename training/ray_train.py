@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,10 +27,10 @@ from typing import Any, Iterator
 import fsspec
 import numpy as np
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from pipeline import schema as S
 from pipeline.stage import ConfigError
+from pipeline.store import atomic_write_bytes
 from training import model as M
 from training.data import BatchDecoder
 from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
@@ -194,7 +193,7 @@ class _Forwarder(torch.nn.Module):
 
 class CurveWriter:
     """The run's `curve.jsonl` next to its checkpoints, local or on any fsspec filesystem.
-    Object stores cannot append, so the (small) file is rewritten whole on every entry."""
+    Object stores cannot append, so the (small) file is rewritten whole, atomically, on every entry."""
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -203,14 +202,7 @@ class CurveWriter:
 
     def append(self, entry: dict[str, Any]) -> None:
         self.lines.append(json.dumps(entry))
-        data = ("\n".join(self.lines) + "\n").encode()
-        if isinstance(self.fs, LocalFileSystem):  # never leave half a file behind a kill
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
-        else:  # object stores replace an object whole
-            self.fs.pipe_file(self.path, data)
+        atomic_write_bytes(self.fs, self.path, ("\n".join(self.lines) + "\n").encode())  # never half a file
 
 
 def read_curve(uri: str | Path) -> list[dict[str, float]]:

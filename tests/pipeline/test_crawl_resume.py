@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from pipeline import schema as S
 from pipeline import steps
 from pipeline.recipe import parse_recipe
-from pipeline.sample import IMAGE_SUBDIR, ImageServer
+from pipeline.sample import IMAGE_SUBDIR, ImageServer, emoji_items
 from pipeline.store import Dataset
 from tests.conftest import sigkill_after_shards
 
@@ -53,9 +53,7 @@ def _rows(ds: Dataset) -> list[tuple]:
     return sorted(zip(*(t[c].to_pylist() for c in t.column_names)))
 
 
-def test_sigkill_mid_crawl_then_rerun_matches_an_uninterrupted_crawl(tmp_path, emoji_dir, few_emoji):
-    from pipeline.sample import emoji_items
-
+def test_sigkill_mid_crawl_then_rerun_matches_an_uninterrupted_crawl(tmp_path, emoji_dir):
     items = emoji_items(emoji_dir, SHARDS * ROWS - 5)
     with ImageServer(emoji_dir, handler=_SlowishHandler) as server:
         urls = [f"{server.url}/{IMAGE_SUBDIR}/{it.image}" for it in items] + [f"{server.url}/missing-{i}.png" for i in range(5)]
