@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: venv sample demo test bench clean
+.PHONY: venv sample wordnet bench-data demo test bench clean
 
 venv: $(STAMP)
 
@@ -29,13 +29,23 @@ sample: venv
 	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm; }
 	$(BIN)/foil fetch-sample
 
-demo: sample
+# WordNet for the text negatives, from Debian (NLTK reads these files; nothing is downloaded at run time).
+wordnet:
+	@test -f /usr/share/wordnet/data.noun -a -f /usr/share/wordnet/index.sense || \
+		{ apt-get update -qq && apt-get install -y -qq wordnet-base=1:3.0-37 wordnet-sense-index=1:3.0-37; }
+
+# Caption sets no one here wrote, for tests/benchmarks/negatives.py (~185 MB from Debian).
+bench-data:
+	@test -d /usr/share/tuxpaint/stamps -a -d /usr/share/openclipart/svg || \
+		{ apt-get update -qq && apt-get install -y -qq tuxpaint-stamps-default openclipart-svg; }
+
+demo: sample wordnet
 	$(BIN)/foil demo --out $(DEMO_OUT)
 
-test: sample
+test: sample wordnet
 	$(BIN)/python -m pytest -q tests
 
-bench: sample
+bench: sample wordnet bench-data
 	@for b in tests/benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

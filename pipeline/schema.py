@@ -56,6 +56,7 @@ EDIT_FROM = "edit_from"
 EDIT_TO = "edit_to"
 GENERATOR = "generator"
 CHECKS = "checks"
+SOURCE_ID = "source_id"  # kNN-mined negatives: the row the negative comes from
 
 # train
 NEG_KIND = "negative_kind"
@@ -121,6 +122,7 @@ NEG_TEXT_SCHEMA = pa.schema(
         (EDIT_TO, pa.string()),
         (GENERATOR, pa.string()),
         (CHECKS, pa.list_(pa.string())),
+        (SOURCE_ID, pa.string()),
     ]
 )
 
