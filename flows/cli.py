@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(p)
     _add_recipe(p)
 
+    p = sub.add_parser("sugarcrepe", help="SugarCrepe JSON files: export a dataset's negatives, or import SugarCrepe with your COCO images")
+    sc = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    q = sc.add_parser("export", help="one <kind>.json per kind plus images/, for `foil eval --sugarcrepe`")
+    _add_dataset(q)
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--kinds", nargs="+", help="only these kinds (default: all)")
+    q = sc.add_parser("import", help="SugarCrepe files and their images into a new dataset (tables raw, neg_text)")
+    _add_dataset(q)
+    q.add_argument("--images", required=True, help="folder the files' `filename`s are relative to (COCO val2017 for SugarCrepe)")
+    q.add_argument("files", nargs="+", metavar="JSON", help="SugarCrepe files (replace_att.json, ...)")
+
     p = sub.add_parser("curate", help="apply the recipe's thresholds: recreate the `curated` and `funnel` views")
     _add_dataset(p)
     _add_recipe(p)
@@ -242,6 +253,20 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sugarcrepe(args: argparse.Namespace) -> int:
+    from pipeline.store import Dataset
+    from pipeline.sugarcrepe import export_sugarcrepe, import_sugarcrepe
+
+    if args.action == "export":
+        counts = export_sugarcrepe(Dataset(args.dataset), args.out, args.kinds)
+        print(f"wrote {sum(counts.values())} items to {args.out}: " + ", ".join(f"{k}.json {n}" for k, n in sorted(counts.items())))
+        print(f"evaluate: foil eval --checkpoint CKPT --model MODEL --images {args.out}/images --sugarcrepe {args.out}/*.json")
+    else:
+        counts = import_sugarcrepe(Dataset(args.dataset), args.files, args.images)
+        print(f"imported {sum(counts.values())} negatives into {args.dataset}: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+    return 0
+
+
 def cmd_curate(args: argparse.Namespace) -> int:
     from flows.pipeline_flows import curate_flow
 
@@ -301,6 +326,7 @@ COMMANDS = {
     "negatives": cmd_stage,
     "export": cmd_stage,
     "curate": cmd_curate,
+    "sugarcrepe": cmd_sugarcrepe,
     "dedup": cmd_dedup,
     "train": cmd_train,
     "eval": cmd_eval,

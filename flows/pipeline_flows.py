@@ -73,7 +73,7 @@ def curate_task(dataset: str, recipe: Recipe) -> list[dict[str, Any]]:
 
 @task(name="negatives", retries=1, retry_delay_seconds=2)
 def negatives_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.negatives(Dataset(dataset), recipe.negatives, steps.make_runner(recipe), overwrite=overwrite)
+    report = steps.negatives(Dataset(dataset), recipe.negatives, steps.make_runner(recipe), overwrite=overwrite, knn=recipe.negatives_knn)
     _publish("negatives", report)
     return report
 

@@ -47,6 +47,12 @@ PLACEHOLDERS = {
     "embeddings": "SELECT NULL::VARCHAR AS sample_id, NULL::FLOAT AS clip_score, NULL::VARCHAR AS model, NULL::VARCHAR AS shard WHERE false",
     "duplicates": "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS duplicate_of, NULL::VARCHAR AS kind, NULL::FLOAT AS distance, NULL::VARCHAR AS shard WHERE false",
 }
+_NEGATIVES = (
+    "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS kind, NULL::VARCHAR AS caption, NULL::VARCHAR AS negative_caption, "
+    "NULL::INTEGER[] AS edit_span, NULL::VARCHAR AS edit_from, NULL::VARCHAR AS edit_to, NULL::VARCHAR AS generator, "
+    "NULL::VARCHAR[] AS checks, NULL::VARCHAR AS source_id, NULL::VARCHAR AS shard WHERE false"
+)
+PLACEHOLDERS["neg_text"] = PLACEHOLDERS["neg_knn"] = _NEGATIVES
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 

@@ -34,6 +34,7 @@ class Recipe:
     dedup: dict[str, Any] = field(default_factory=dict)
     curate: dict[str, float] = field(default_factory=dict)
     negatives: dict[str, Any] = field(default_factory=dict)
+    negatives_knn: dict[str, Any] | None = None  # None: no kNN mining
     export: dict[str, Any] = field(default_factory=dict)
     export_webdataset: bool = False
     train: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +91,14 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe.dedup = _section(data, "dedup")
     DedupConfig.from_dict(recipe.dedup)
     recipe.curate = validate_thresholds(_section(data, "curate"))
-    recipe.negatives = _section(data, "negatives")
+    recipe.negatives = dict(_section(data, "negatives"))
+    knn = recipe.negatives.pop("knn", None)
+    if knn is not None and knn is not False:
+        knn = {} if knn is True else knn
+        if not isinstance(knn, dict):
+            raise ConfigError(f"negatives.knn: must be true, false or a mapping (max_cosine, k), got {knn!r}")
+        _expect(knn, "negatives.knn", ("max_cosine", "k"))
+        recipe.negatives_knn = knn
     build_stage("negatives", recipe.negatives)
     recipe.export = dict(_section(data, "export"))
     recipe.export_webdataset = recipe.export.pop("webdataset", False)

@@ -26,10 +26,13 @@ def build_summary(dataset: Dataset, timings: dict[str, float] | None = None, ext
         "crawl": _rows(catalog, "SELECT status, count(*) AS rows FROM raw GROUP BY ALL ORDER BY rows DESC"),
         "funnel": _rows(catalog, "SELECT * FROM funnel"),
         "negatives": _rows(catalog, "SELECT * FROM neg_text_kinds"),
+        "negative_rejections": _rows(catalog, "SELECT table_name, reason, rows FROM drop_reasons WHERE table_name IN ('neg_text', 'neg_knn') LIMIT 40"),
         "train_rows": _rows(catalog, "SELECT split, count(*) AS rows, count(negative_caption) AS with_negative FROM train GROUP BY ALL ORDER BY split"),
         "eval": _rows(catalog, "SELECT run_id, name, round(value, 4) AS value FROM eval_metrics"),
         "runs": _rows(catalog, "SELECT run_id, steps, round(samples_per_second, 1) AS samples_per_second, checkpoint FROM runs"),
         "timings_seconds": {k: round(v, 2) for k, v in (timings or {}).items()},
+        # Last, as it is long: 30 negatives per kind for a person to read.
+        "negatives_sample": _rows(catalog, "SELECT * FROM neg_samples"),
         **(extra or {}),
     }
 

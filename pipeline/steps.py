@@ -13,6 +13,7 @@ from pipeline.catalog import Catalog
 from pipeline.dedup import DedupConfig
 from pipeline.dedup import dedup as find_duplicates
 from pipeline.export import write_webdataset
+from pipeline.negatives_knn import mine as mine_knn
 from pipeline.recipe import Recipe
 from pipeline.runners import LocalRunner, RayRunner, RunReport
 from pipeline.store import Dataset
@@ -85,11 +86,16 @@ def curate(dataset: Dataset, thresholds: dict[str, Any]) -> list[dict[str, Any]]
     return catalog.query("SELECT * FROM funnel").to_pylist()
 
 
-def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, knn: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Generated negatives into `neg_text`; with `knn` ({max_cosine, k}), also kNN-mined ones
+    into `neg_knn` (needs embeddings)."""
     # Reads the curated view shard by shard (its `shard` column is the raw shard), so only
     # curated captions get negatives, and a rerun after a threshold change needs --overwrite.
     report = runner.run("negatives", params, dataset, S.RAW, S.NEG_TEXT, input_view="curated", overwrite=overwrite)
-    return _finish(dataset, report)
+    out = _finish(dataset, report)
+    if knn is not None:
+        out["knn"] = mine_knn(dataset, **knn)
+    return out
 
 
 def export(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, webdataset: bool = False) -> dict[str, Any]:

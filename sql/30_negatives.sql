@@ -1,17 +1,18 @@
--- Text hard negatives per kind, and one negative per curated sample for export.
+-- Text hard negatives: generated edits (neg_text) and kNN-mined captions (neg_knn) together.
+CREATE OR REPLACE VIEW negatives AS
+SELECT * FROM neg_text
+UNION ALL BY NAME
+SELECT * FROM neg_knn;
+
 CREATE OR REPLACE VIEW neg_text_kinds AS
 SELECT kind, count(*) AS negatives, count(DISTINCT sample_id) AS samples
-FROM neg_text
+FROM negatives
 GROUP BY ALL
 ORDER BY kind;
 
-CREATE OR REPLACE VIEW export_rows AS
-SELECT c.sample_id, c.caption, n.negative_caption, n.kind AS negative_kind, r.image, c.shard
-FROM curated c
-JOIN raw r ON r.sample_id = c.sample_id
-LEFT JOIN (
-    SELECT sample_id, kind, negative_caption
-    FROM neg_text
-    -- one negative per sample, kinds mixed by a stable hash rather than always the same kind
-    QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY md5(sample_id || kind || negative_caption)) = 1
-) n ON n.sample_id = c.sample_id;
+-- Thirty negatives per kind, a stable pseudo-random pick, for a person to read.
+CREATE OR REPLACE VIEW neg_samples AS
+SELECT kind, caption, negative_caption, generator
+FROM negatives
+QUALIFY row_number() OVER (PARTITION BY kind ORDER BY md5(sample_id || kind)) <= 30
+ORDER BY kind, md5(sample_id || kind);

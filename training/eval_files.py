@@ -30,7 +30,7 @@ from training.data import decode_image
 DEFAULT_TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a drawing of a {}.")
 
 
-def _load(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def load_items(path: Path) -> list[tuple[str, dict[str, Any]]]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -60,7 +60,7 @@ FIELDS = {
 def check_file(kind: str, path: Path, image_root: Path) -> int:
     """Validate a benchmark file up front (fields present, images exist). Returns its item count."""
     image_fields, text_fields = FIELDS[kind]
-    items = _load(path)
+    items = load_items(path)
     for item_id, item in items:
         for name in text_fields:
             _field(path, item_id, item, name)
@@ -93,7 +93,7 @@ class _Encoder:
 
 
 def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
-    items = _load(path)
+    items = load_items(path)
     fields = [(_field(path, i, it, "filename"), _field(path, i, it, "caption"), _field(path, i, it, "negative_caption")) for i, it in items]
     enc = _Encoder(model, model_name, image_root)
     img = enc.images([f for f, _, _ in fields], path)
@@ -104,7 +104,7 @@ def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: 
 
 
 def image_pairs(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
-    items = _load(path)
+    items = load_items(path)
     names = ("image_0", "image_1", "caption_0", "caption_1")
     rows = [[_field(path, i, it, n) for n in names] for i, it in items]
     enc = _Encoder(model, model_name, image_root)
@@ -123,7 +123,7 @@ def image_pairs(model: torch.nn.Module, model_name: str, path: Path, image_root:
 
 
 def zero_shot(model: torch.nn.Module, model_name: str, path: Path, image_root: Path, templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> dict[str, float]:
-    items = _load(path)
+    items = load_items(path)
     rows = [(_field(path, i, it, "image"), _field(path, i, it, "label")) for i, it in items]
     if any("{}" not in t for t in templates):
         raise ConfigError("--templates: every template needs a {} for the class name")

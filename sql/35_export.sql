@@ -1,0 +1,11 @@
+-- One negative per curated sample (any kind), with its image: what `foil export` writes.
+CREATE OR REPLACE VIEW export_rows AS
+SELECT c.sample_id, c.caption, n.negative_caption, n.kind AS negative_kind, r.image, c.shard
+FROM curated c
+JOIN raw r ON r.sample_id = c.sample_id
+LEFT JOIN (
+    SELECT sample_id, kind, negative_caption
+    FROM negatives
+    -- one negative per sample, kinds mixed by a stable hash rather than always the same kind
+    QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY md5(sample_id || kind || negative_caption)) = 1
+) n ON n.sample_id = c.sample_id;
