@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -77,3 +79,25 @@ def test_mining_needs_embeddings_and_valid_settings(tmp_path, emoji_dir):
         mine(ds)
     with pytest.raises(ConfigError, match=r"negatives\.knn\.max_cosine"):
         mine(ds, max_cosine=1.5)
+
+
+def test_negatives_step_mines_knn_after_real_embeddings_and_the_report_shows_samples(tmp_path, emoji_dir):
+    from pipeline import steps
+    from pipeline.report import build_summary, render_markdown
+    from pipeline.sample import emoji_items
+
+    ds = Dataset(tmp_path / "ds")
+    make_emoji_raw(ds, emoji_dir, emoji_items(emoji_dir)[300:340], shards=2)
+    runner = LocalRunner(progress=False)
+    steps.score(ds, runner)
+    steps.embed(ds, {"model": "foil-tiny-vit", "batch_size": 16}, runner)
+    out = steps.negatives(ds, {"kinds": ["replace_object", "add_attribute"]}, runner, knn={"max_cosine": 0.999})
+    assert out["knn"]["counts"]["made:knn_text"] + out["knn"]["dropped"].get("knn_text:no_neighbour", 0) == 40
+    cat = Catalog(ds)
+    bad = cat.query("select count(*) n from neg_knn k left join curated c on c.sample_id = k.source_id where c.sample_id is null")
+    assert bad.column("n")[0].as_py() == 0  # every neighbour is itself a curated row
+    summary = build_summary(ds)
+    per_kind = Counter(r["kind"] for r in summary["negatives_sample"])
+    assert set(per_kind) == {"replace_object", "add_attribute", "knn_text", "knn_image"}
+    assert max(per_kind.values()) == 30  # 40 captions, at most 30 shown per kind
+    assert "## negatives_sample" in render_markdown(summary)
