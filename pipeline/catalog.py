@@ -38,7 +38,10 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_caption_words": 1,
     "max_caption_words": 64,
     "min_caption_chars": 3,
+    "drop_flagged_captions": 1,  # 1: drop file-name, url, markup and boilerplate captions; 0: keep them
+    "min_english_score": 0.0,  # langid probability of English; 0 keeps every language
     "min_clip_score": -1.0,  # cosine; -1 keeps everything (no CLIP filter)
+    "clip_score_top_fraction": 1.0,  # keep the best-scoring fraction of the pool (DataComp); 1 keeps all
 }
 
 # Tables that optional stages write. Until they exist, an empty view with the columns the sql/

@@ -117,16 +117,23 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
+def builtin_recipes() -> list[str]:
+    return sorted(f.name[: -len(".yaml")] for f in (resources.files("pipeline") / "recipes").iterdir() if f.name.endswith(".yaml"))
+
+
 def load_recipe(path: str | Path | None) -> Recipe:
-    """Read and validate a recipe file; None gives the built-in demo recipe."""
+    """Read and validate a recipe file; None gives the built-in demo recipe, and a bare name
+    (`datacomp-basic`) that is not a file names a built-in recipe."""
     if path is None:
-        text = (resources.files("pipeline") / "recipes" / "demo.yaml").read_text(encoding="utf-8")
-        source = "demo.yaml (built in)"
+        path = "demo"
+    if not Path(path).exists() and str(path) in builtin_recipes():
+        text = (resources.files("pipeline") / "recipes" / f"{path}.yaml").read_text(encoding="utf-8")
+        source = f"{path}.yaml (built in)"
     else:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such recipe file") from None
+            raise ConfigError(f"{path}: no such recipe file (built-in recipes: {', '.join(builtin_recipes())})") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: recipe is not valid UTF-8") from None
         source = str(path)

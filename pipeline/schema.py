@@ -47,6 +47,9 @@ IMAGE_BYTES = "image_bytes"
 PHASH = "phash"
 COLOR_THUMB = "color_thumb"
 DECODE_ERROR = "decode_error"
+LANGUAGE = "language"  # ISO 639-1 code from langid.py
+LANGUAGE_SCORE = "language_score"  # its probability
+CAPTION_FLAG = "caption_flag"  # why the caption is not a description (filename, url, ...), or null
 
 # neg_text
 KIND = "kind"
@@ -108,6 +111,9 @@ SCORES_SCHEMA = pa.schema(
         (PHASH, pa.string()),
         (COLOR_THUMB, pa.string()),
         (DECODE_ERROR, pa.string()),
+        (LANGUAGE, pa.string()),
+        (LANGUAGE_SCORE, pa.float32()),
+        (CAPTION_FLAG, pa.string()),
     ]
 )
 

@@ -1,7 +1,9 @@
 """Score stage: rule scores and hashes for every crawled image, written first, decided on later.
 
 Nothing is filtered here. Each successfully crawled row gets one score row (size, aspect ratio,
-caption length, byte size, sha256, a 64-bit DCT perceptual hash and a 4x4 colour thumbnail); the curated view in SQL
+caption length, byte size, sha256, a 64-bit DCT perceptual hash, a 4x4 colour thumbnail, the
+caption's language (langid.py's bundled model) and a flag for captions that describe nothing:
+a file name, a url, markup or alt-text boilerplate ("image", "click here")); the curated view in SQL
 applies thresholds, so changing a threshold never recomputes a score. Rows the crawl did not
 fetch are counted (`not_crawled`) and get no score row. An image that does not decode gets a
 score row with `decode_error` set, so it is removed by the view with that reason.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from typing import Any, Iterator
 
 import numpy as np
@@ -52,13 +55,49 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
+_IMAGE_FILE = re.compile(r"\.(jpe?g|png|gif|webp|bmp|tiff?|svg|heic)$", re.I)
+_CAMERA_NAME = re.compile(r"^(img|dsc|dscn|dscf|pxl|mvimg|screenshot|screen shot|image|photo|pic|p)[\s_-]*\d{3,}", re.I)
+_URL = re.compile(r"(https?://|www\.)\S+", re.I)
+_MARKUP = re.compile(r"<[a-z/][^>]*>|&(nbsp|amp|quot|lt|gt|#\d+);", re.I)
+BOILERPLATE = frozenset({
+    "image", "images", "photo", "photos", "picture", "pic", "img", "logo", "icon", "thumbnail", "thumb",
+    "untitled", "click here", "click to enlarge", "no image", "no image available", "image not found",
+    "placeholder", "default", "banner", "spacer", "alt", "alt text", "null", "undefined", "none", "n/a",
+    "loading", "advertisement", "ad", "button", "blank", "featured image", "header", "avatar", "profile picture",
+})
+
+
+def caption_flag(caption: str) -> str | None:
+    """Why a caption describes nothing, or None: `filename` (IMG_2031.jpg, DSC00042), `url`,
+    `markup` (HTML tags or entities) or `boilerplate` (a stock alt text such as "image")."""
+    text = caption.strip()
+    if _URL.search(text):
+        return "url"
+    if _MARKUP.search(text):
+        return "markup"
+    if _IMAGE_FILE.search(text) or _CAMERA_NAME.match(text) or (" " not in text and re.search(r"[_\d].*[_\d]", text) and re.search(r"\d", text)):
+        return "filename"
+    if text.lower().strip(" .:!") in BOILERPLATE:
+        return "boilerplate"
+    return None
+
+
 @register
 class ScoreStage(Stage):
     name = "score"
     output_schema = S.SCORES_SCHEMA
     input_columns = [S.SAMPLE_ID, S.CAPTION, S.STATUS, S.IMAGE]
+    reuse_instance = True  # the language model loads once per worker
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._language = None
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        if self._language is None:
+            from pipeline.language import LanguageId
+
+            self._language = LanguageId()
         out: dict[str, list[Any]] = {name: [] for name in S.SCORES_SCHEMA.names}
         for sid, caption, status, blob in zip(
             batch.column(S.SAMPLE_ID).to_pylist(),
@@ -92,5 +131,12 @@ class ScoreStage(Stage):
             out[S.PHASH].append(phash)
             out[S.COLOR_THUMB].append(thumb)
             out[S.DECODE_ERROR].append(decode_error)
+            language, probability = self._language.classify(caption) if caption.strip() else (None, None)
+            out[S.LANGUAGE].append(language)
+            out[S.LANGUAGE_SCORE].append(probability)
+            flag = caption_flag(caption)
+            out[S.CAPTION_FLAG].append(flag)
+            if flag:
+                self.count(f"caption_flag:{flag}")
         if out[S.SAMPLE_ID]:
             yield pa.RecordBatch.from_pydict(out, schema=S.SCORES_SCHEMA)
