@@ -94,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(p)
     _add_recipe(p)
 
+    p = sub.add_parser("index", help="kNN index of the embeddings: clip-retrieval's layout, indexed by autofaiss")
+    _add_dataset(p)
+    p.add_argument("--all", action="store_true", help="index every embedded row, not only the curated ones")
+    p.add_argument("--max-index-memory", default="4G", help="autofaiss's max_index_memory_usage (default 4G)")
+
+    p = sub.add_parser("knn", help="nearest rows to a text (or an image) in the kNN index, with their captions")
+    _add_dataset(p)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="query text")
+    query.add_argument("--image", help="query image file")
+    p.add_argument("-k", type=int, default=10, help="neighbours to return (default 10)")
+    p.add_argument("--against", choices=("image", "text"), default="image", help="search the image index (default) or the text index")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
     p = sub.add_parser("sugarcrepe", help="SugarCrepe JSON files: export a dataset's negatives, or import SugarCrepe with your COCO images")
     sc = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     q = sc.add_parser("export", help="one <kind>.json per kind plus images/, for `foil eval --sugarcrepe`")
@@ -253,6 +267,36 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from pipeline.knn_index import build
+    from pipeline.store import Dataset
+
+    _print_report(build(Dataset(args.dataset), curated_only=not args.all, max_index_memory_usage=args.max_index_memory))
+    return 0
+
+
+def cmd_knn(args: argparse.Namespace) -> int:
+    from pipeline.knn_index import KnnIndex
+    from pipeline.store import Dataset
+
+    index = KnnIndex(Dataset(args.dataset))
+    if args.image is not None:
+        try:
+            blob = Path(args.image).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--image: cannot read {args.image}: {exc.strerror}") from None
+        query = index.encode_image(blob)
+    else:
+        query = index.encode_text(args.text)
+    rows = index.search(query, args.against, args.k)
+    if args.format == "json":
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['rank']:>3}  {r['score']:7.4f}  {r['sample_id']}  {r['caption']}")
+    return 0
+
+
 def cmd_sugarcrepe(args: argparse.Namespace) -> int:
     from pipeline.store import Dataset
     from pipeline.sugarcrepe import export_sugarcrepe, import_sugarcrepe
@@ -327,6 +371,8 @@ COMMANDS = {
     "export": cmd_stage,
     "curate": cmd_curate,
     "sugarcrepe": cmd_sugarcrepe,
+    "index": cmd_index,
+    "knn": cmd_knn,
     "dedup": cmd_dedup,
     "train": cmd_train,
     "eval": cmd_eval,
