@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the recipe's train.workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
 
+    p = sub.add_parser("train-heads", help="train only the projection heads of a two-tower model with frozen, pretrained towers (a CLIP-score filter model)")
+    _add_dataset(p)
+    p.add_argument("--out", required=True, help="checkpoint file to write (open_clip format)")
+    p.add_argument("--model", default="foil-effnet-lite0-minilm", help="model with timm + Hugging Face towers (default foil-effnet-lite0-minilm)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--split", default="train", help="rows of table `train` to learn from (default: train)")
+
     p = sub.add_parser("submit", help="submit training to a running Ray cluster as a Ray Job; streams its logs")
     p.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
     _add_dataset(p)
@@ -348,6 +357,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_heads(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from pipeline import schema as S
+    from pipeline.store import Dataset
+    from training.heads import HeadsConfig, train_heads
+
+    if args.steps <= 0 or args.batch_size <= 0 or args.lr <= 0:
+        raise UsageError("--steps, --batch-size and --lr must be positive")
+    table = Dataset(args.dataset).table(S.TRAIN)
+    if not table.exists():
+        raise UsageError(f"{args.dataset} has no table `train`: run `foil export` first")
+    rows = table.read(columns=[S.CAPTION, S.SPLIT, S.IMAGE])
+    rows = rows.filter(pc.equal(rows[S.SPLIT], args.split))
+    cfg = HeadsConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    _print_report(train_heads(rows, cfg, args.out, progress=lambda line: print(line, flush=True)))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from training.submit import submit, training_entrypoint
 
@@ -377,6 +405,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "submit": cmd_submit,
+    "train-heads": cmd_train_heads,
 }
 
 

@@ -4,6 +4,8 @@
   the single correct text; duplicated captions count as correct too, since they are identical).
 - Hard-negative accuracy: the share of images scored closer to their caption than to its hard
   negative, overall and per negative kind (SugarCrepe's metric).
+- CLIP-score AUC: how well the image-text cosine separates true pairs from caption-shuffled pairs
+  (each image with another row's caption), the property a CLIP-score filter relies on.
 """
 
 from __future__ import annotations
@@ -41,6 +43,24 @@ def recall_at_k(similarity: np.ndarray, correct: np.ndarray, k: int) -> float:
     return float(np.mean(np.take_along_axis(correct, top, axis=1).any(axis=1)))
 
 
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney U)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([positive, negative]))
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def shuffled_pairs(captions: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(image rows, caption rows) pairing every row with another row's caption, skipping pairs
+    whose captions happen to be identical."""
+    order = np.random.default_rng(seed).permutation(len(captions))
+    other = np.roll(order, 1)
+    keep = captions[order] != captions[other]
+    return order[keep], other[keep]
+
+
 def evaluate(model: torch.nn.Module, model_name: str, rows: pa.Table) -> dict[str, float]:
     if rows.num_rows == 0:
         raise ValueError("no evaluation rows (is the eval split empty?)")
@@ -52,6 +72,9 @@ def evaluate(model: torch.nn.Module, model_name: str, rows: pa.Table) -> dict[st
     for k in (1, 5, 10):
         metrics[f"image_to_text_R@{k}"] = recall_at_k(sim, same_caption, k)
         metrics[f"text_to_image_R@{k}"] = recall_at_k(sim.T, same_caption.T, k)
+    if rows.num_rows > 1:
+        image_rows, caption_rows = shuffled_pairs(captions)
+        metrics["clip_score_auc"] = roc_auc(np.diag(sim), sim[image_rows, caption_rows])
     has = emb["has_negative"]
     if has.any():
         pos = np.sum(emb["image"] * emb["text"], axis=1)
