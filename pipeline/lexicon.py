@@ -64,12 +64,15 @@ RELATIONS: dict[str, tuple[str, ...]] = {
     "accompaniment": ("with", "without"),
     "direction": ("into", "onto", "toward", "from"),
     "posture": ("sit", "stand", "lie", "kneel", "lean"),
-    "motion": ("walk", "run", "jump", "fly", "swim", "ride", "climb", "dance", "fall"),
-    "handling": ("hold", "throw", "catch", "carry", "kick", "push", "pull", "drop", "lift"),
+    "motion": ("walk", "run", "jump", "fly", "swim", "dance", "fall"),  # intransitive: no object follows
+    "handling": ("hold", "throw", "catch", "carry", "kick", "push", "pull", "drop", "lift", "ride", "climb"),
     "consumption": ("eat", "drink", "smell", "bite"),
     "perception": ("look", "watch", "point"),
     "music": ("play", "sing", "whistle"),
 }
+
+# Spatial relations of several words, alternatives of the one-word "position" group and of each other.
+RELATION_PHRASES: tuple[str, ...] = ("next to", "in front of", "on top of", "close to", "far from")
 
 # Which attribute groups suit an object, by WordNet lexicographer file of the object's noun.
 ATTRIBUTES_FOR: dict[str, tuple[str, ...]] = {

@@ -173,9 +173,28 @@ class Generator:
         return [(self.en.inflect(w, token.tag_), g) for w, g in alts]
 
     # ---- candidates per kind ------------------------------------------------------------------
+    def _relation_phrases(self, doc: Any, rng: random.Random) -> tuple[list[Candidate], set[int]]:
+        """Candidates replacing a multi-word spatial relation ("next to" -> "behind"), and the
+        token positions those phrases cover (not to be replaced one word at a time)."""
+        lowered = [t.lower_ for t in doc]
+        found, covered = [], set()
+        for phrase in L.RELATION_PHRASES:
+            words_ = phrase.split()
+            for i in range(len(lowered) - len(words_) + 1):
+                if lowered[i : i + len(words_)] == words_:
+                    covered.update(range(i, i + len(words_)))
+                    start, end = doc[i].idx, doc[i + len(words_) - 1].idx + len(doc[i + len(words_) - 1].text)
+                    alts = [w for w in L.RELATIONS["position"] + L.RELATION_PHRASES if w != phrase]
+                    rng.shuffle(alts)
+                    found += [Candidate([(start, end, _match_case(_orig(doc[i]), w))], "lexicon", ["same_group:lexicon:position"], new=w) for w in alts]
+        return found, covered
+
     def _replace(self, doc: Any, role: str, rng: random.Random) -> Iterator[Candidate]:
-        tokens = [t for t in doc if t.is_alpha and _role(t) == role]
+        phrases, covered = self._relation_phrases(doc, rng) if role == "relation" else ([], set())
+        tokens = [t for t in doc if t.is_alpha and _role(t) == role and t.i not in covered]
         rng.shuffle(tokens)
+        if phrases and (not tokens or rng.random() < 0.5):
+            yield from phrases
         for tok in tokens:
             alts = self._alternatives(tok, role)
             rng.shuffle(alts)
@@ -186,6 +205,7 @@ class Generator:
                     [_replacement_span(doc, tok, new)], source,
                     [f"same_group:{group}"], old=self.en.lemma(tok) if pos != "a" else tok.lower_, new=new.lower(), pos=pos,
                 )
+        yield from phrases  # (again, if they came first: the driver stops at the first valid one)
 
     def _swap(self, doc: Any, role: str, rng: random.Random) -> Iterator[Candidate]:
         tokens = [t for t in doc if t.is_alpha and _role(t) == role]

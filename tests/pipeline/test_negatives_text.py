@@ -76,6 +76,15 @@ def test_wordnet_extends_the_lexicon_with_siblings_of_the_same_kind(gen):
     assert gen.en.lexname(row[S.EDIT_TO].lower(), "n") == "noun.animal"
 
 
+def test_relation_phrases_are_replaced_whole(gen):
+    seen = set()
+    for sid in range(12):
+        row, _ = one(gen, "A dog in front of a house", "replace_relation", str(sid))
+        assert row[S.EDIT_FROM] == "in front of" and row[S.EDIT_TO] in L.RELATIONS["position"] + L.RELATION_PHRASES
+        seen.add(row[S.EDIT_TO])
+    assert len(seen) > 2
+
+
 def test_relations_replace_prepositions_and_inflect_verbs(gen):
     seen = Counter()
     for sid in range(30):
@@ -124,9 +133,20 @@ _phrase = st.tuples(st.sampled_from(["a", "the", "two", ""]), st.sampled_from(_a
 _captions = st.builds(
     lambda p1, rel, p2: " ".join(w for w in (*p1, *rel.split(), *p2) if w),
     _phrase,
-    st.sampled_from(["on", "under", "with", "next to", "holding", "riding", "and", "sitting on", "eating"]),
+    st.sampled_from(["on", "under", "with", "next to", "in front of", "holding", "riding", "and", "sitting on", "eating"]),
     _phrase,
 )
+
+
+def _changed(before: list[str], after: list[str]) -> tuple[list[str], list[str]]:
+    """The differing middle of two word lists (common prefix and suffix removed)."""
+    i = 0
+    while i < min(len(before), len(after)) and before[i] == after[i]:
+        i += 1
+    j = 0
+    while j < min(len(before), len(after)) - i and before[-1 - j] == after[-1 - j]:
+        j += 1
+    return before[i : len(before) - j], after[i : len(after) - j]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -141,10 +161,10 @@ def test_properties_of_every_kind(gen, caption, sid, seed):
         assert neg.strip().lower() != caption.strip().lower()  # never the positive itself
         if kind in SWAP_KINDS or kind in SHUFFLE_KINDS:  # the same words, in another order
             assert Counter(content(neg)) == Counter(content(caption))
-        if kind in REPLACE_KINDS:  # exactly one content word changed
-            before, after = content(caption), content(neg)
-            assert len(before) == len(after)
-            assert sum(a != b for a, b in zip(before, after)) == 1
+        if kind in REPLACE_KINDS:  # exactly one content word (or one relation phrase) changed
+            old, new = _changed(content(caption), content(neg))
+            phrases = [p.split() for p in L.RELATION_PHRASES]
+            assert (len(old) == 1 or old in phrases) and (len(new) == 1 or new in phrases), (old, new)
         if kind in ADD_KINDS:  # exactly one content word added
             added = Counter(content(neg)) - Counter(content(caption))
             assert sum(added.values()) == (2 if kind == "add_object" else 1)  # "and" + the object
