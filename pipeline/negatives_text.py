@@ -234,7 +234,16 @@ class Generator:
                 yield Candidate([(end, end, f" and {_article(new)} {new}")], group.split(":")[0], [f"added:{group}"], old=self.en.lemma(head), new=new, pos="n")
 
     def _add_attribute(self, doc: Any, rng: random.Random) -> Iterator[Candidate]:
-        nouns = [t for t in doc if t.is_alpha and _role(t) == "object" and not any(c.dep_ == "amod" for c in t.children)]
+        def premodifiers(noun: Any) -> list[Any]:
+            """The noun's compound modifiers with everything they govern ("martial arts" in
+            "martial arts uniform"): an adjective goes before all of them."""
+            return [t for c in noun.children if c.dep_ == "compound" and c.i < noun.i for t in c.subtree]
+
+        nouns = [
+            t for t in doc
+            if t.is_alpha and _role(t) == "object"
+            and not any(c.dep_ == "amod" for c in t.children) and not any(m.dep_ == "amod" for m in premodifiers(t))
+        ]
         rng.shuffle(nouns)
         for noun in nouns:
             lex = self.en.lexname(self.en.lemma(noun), "n")
@@ -242,7 +251,7 @@ class Generator:
             alts = [(w, g) for g in groups for w in L.ATTRIBUTES[g]]
             rng.shuffle(alts)
             # Insert before the noun's compound modifiers ("a [red] teddy bear"), and fix "a"/"an".
-            first = min([noun] + [c for c in noun.children if c.dep_ == "compound" and c.i < noun.i], key=lambda t: t.i)
+            first = min([noun] + premodifiers(noun), key=lambda t: t.i)
             det = doc[first.i - 1] if first.i > 0 and doc[first.i - 1].lower_ in ("a", "an") else None
             for adj, group in alts:
                 if det is not None:  # "an apple" -> "a red apple"
