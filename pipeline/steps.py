@@ -16,6 +16,7 @@ from pipeline.export import write_webdataset
 from pipeline.negatives_knn import mine as mine_knn
 from pipeline.recipe import Recipe
 from pipeline.runners import LocalRunner, RayRunner, RunReport
+from pipeline.stage import ConfigError
 from pipeline.store import Dataset
 from pipeline.urls import ingest_urls
 
@@ -89,6 +90,8 @@ def curate(dataset: Dataset, thresholds: dict[str, Any]) -> list[dict[str, Any]]
 def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, knn: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generated negatives into `neg_text`; with `knn` ({max_cosine, k}), also kNN-mined ones
     into `neg_knn` (needs embeddings)."""
+    if knn is not None and not dataset.table(S.EMBEDDINGS).exists():  # say so before, not after, the long part
+        raise ConfigError(f"negatives.knn needs embeddings: run `foil embed --dataset {dataset.url}` first, or drop negatives.knn")
     # Reads the curated view shard by shard (its `shard` column is the raw shard), so only
     # curated captions get negatives, and a rerun after a threshold change needs --overwrite.
     report = runner.run("negatives", params, dataset, S.RAW, S.NEG_TEXT, input_view="curated", overwrite=overwrite)

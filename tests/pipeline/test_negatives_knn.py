@@ -77,6 +77,11 @@ def test_mining_needs_embeddings_and_valid_settings(tmp_path, emoji_dir):
     make_emoji_raw(ds, emoji_dir, emoji_items(emoji_dir)[:3], shards=1)
     with pytest.raises(ConfigError, match="no embeddings table: run `foil embed`"):
         mine(ds)
+    from pipeline import steps
+
+    with pytest.raises(ConfigError, match="negatives.knn needs embeddings"):  # before any negative is made
+        steps.negatives(ds, {}, LocalRunner(progress=False), knn={})
+    assert not ds.table(S.NEG_TEXT).exists()
     with pytest.raises(ConfigError, match=r"negatives\.knn\.max_cosine"):
         mine(ds, max_cosine=1.5)
 
