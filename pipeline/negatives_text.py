@@ -193,8 +193,9 @@ class Generator:
         phrases, covered = self._relation_phrases(doc, rng) if role == "relation" else ([], set())
         tokens = [t for t in doc if t.is_alpha and _role(t) == role and t.i not in covered]
         rng.shuffle(tokens)
-        if phrases and (not tokens or rng.random() < 0.5):
+        if phrases and (not tokens or rng.random() < 0.5):  # phrase or single words first, by the seed
             yield from phrases
+            phrases = []
         for tok in tokens:
             alts = self._alternatives(tok, role)
             rng.shuffle(alts)
@@ -205,7 +206,7 @@ class Generator:
                     [_replacement_span(doc, tok, new)], source,
                     [f"same_group:{group}"], old=self.en.lemma(tok) if pos != "a" else tok.lower_, new=new.lower(), pos=pos,
                 )
-        yield from phrases  # (again, if they came first: the driver stops at the first valid one)
+        yield from phrases
 
     def _swap(self, doc: Any, role: str, rng: random.Random) -> Iterator[Candidate]:
         tokens = [t for t in doc if t.is_alpha and _role(t) == role]

@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--model", default="foil-tiny-vit")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
+    if args.images < 2000:  # tars of 1000; clip-retrieval's reader wants one per preprocessing worker (2)
+        parser.error("--images: at least 2000")
 
     import numpy as np
     import pyarrow as pa
