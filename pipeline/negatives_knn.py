@@ -16,12 +16,16 @@ A neighbour is skipped when it is not a negative at all:
 Mining compares rows across shards, so like dedup it is a whole-dataset step. It reads only the
 caption, hash and embedding columns, and writes table `neg_knn`, whose columns are those of
 `neg_text` with `source_id` naming the neighbour. The view `negatives` unions the two.
+
+Search is exact (a flat inner-product index) unless `foil index` has indexed exactly these rows:
+then its autofaiss indexes, compressed and approximate for large datasets, are searched instead.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +45,23 @@ def _vectors(column: pa.ChunkedArray) -> np.ndarray:
     flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     vectors = flat.reshape(len(column), -1)
     return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
+
+
+def _built_indexes(dataset: Dataset, ids: list[str]) -> dict[str, Any]:
+    """The `foil index` indexes, if they hold exactly these rows in this order; else {}."""
+    import faiss
+    import pyarrow.parquet as pq
+
+    from pipeline.knn_index import INDEX
+
+    root = Path(dataset.path(INDEX))
+    meta_files = sorted((root / "metadata").glob("*.parquet")) if root.is_dir() else []
+    if not meta_files:
+        return {}
+    indexed = [sid for f in meta_files for sid in pq.read_table(f, columns=[S.SAMPLE_ID])[S.SAMPLE_ID].to_pylist()]
+    if indexed != ids:
+        return {}  # built before a re-curation or a new embed: search exactly instead
+    return {m: faiss.read_index(str(root / f"{m}.index")) for m in ("text", "image")}
 
 
 def mine(dataset: Dataset, max_cosine: float = 0.98, k: int = 16) -> dict[str, Any]:
@@ -67,13 +88,16 @@ def mine(dataset: Dataset, max_cosine: float = 0.98, k: int = 16) -> dict[str, A
     sha, group = rows[S.SHA256].to_pylist(), rows["dup_group"].to_pylist()
     out: dict[str, list[Any]] = {name: [] for name in S.NEG_TEXT_SCHEMA.names}
     counts: Counter = Counter()
-    for kind, column in (("knn_text", S.TEXT_EMBEDDING), ("knn_image", S.IMAGE_EMBEDDING)):
+    built = _built_indexes(dataset, ids)
+    for kind, column, modality in (("knn_text", S.TEXT_EMBEDDING, "text"), ("knn_image", S.IMAGE_EMBEDDING, "image")):
         if n < 2:
             counts[f"{kind}:no_neighbour"] += n
             continue
         vectors = _vectors(rows[column])
-        index = faiss.IndexFlatIP(vectors.shape[1])  # exact cosine on normalised vectors
-        index.add(vectors)
+        index = built.get(modality)
+        if index is None:
+            index = faiss.IndexFlatIP(vectors.shape[1])  # exact cosine on normalised vectors
+            index.add(vectors)
         sims, nbrs = index.search(vectors, min(k + 1, n))
         for i in range(n):
             chosen = None
@@ -107,7 +131,10 @@ def mine(dataset: Dataset, max_cosine: float = 0.98, k: int = 16) -> dict[str, A
     table.clear()
     made = {k: v for k, v in counts.items() if k.startswith("made:")}
     dropped = {k: v for k, v in counts.items() if not k.startswith("made:")}
-    stats = {"rows_in": n, "rows_out": len(out[S.SAMPLE_ID]), "dropped": dropped, "counts": made, "seconds": round(time.perf_counter() - start, 3)}
+    stats = {
+        "rows_in": n, "rows_out": len(out[S.SAMPLE_ID]), "dropped": dropped, "counts": made,
+        "search": "knn_index (foil index)" if built else "exact (flat)", "seconds": round(time.perf_counter() - start, 3),
+    }
     table.write_shard("part-00000", pa.table(out, schema=S.NEG_TEXT_SCHEMA), stats=stats)
     table.write_manifest("negatives_knn", {"stage": "negatives_knn", "max_cosine": max_cosine, "k": k}, ["curated", S.EMBEDDINGS])
     catalog.refresh()

@@ -106,3 +106,27 @@ def test_negatives_step_mines_knn_after_real_embeddings_and_the_report_shows_sam
     assert set(per_kind) == {"replace_object", "add_attribute", "knn_text", "knn_image"}
     assert max(per_kind.values()) == 30  # 40 captions, at most 30 shown per kind
     assert "## negatives_sample" in render_markdown(summary)
+
+
+def test_mining_reuses_the_knn_index_when_it_holds_the_same_rows(tmp_path, emoji_dir):
+    from pipeline import steps
+    from pipeline.knn_index import build
+    from pipeline.sample import emoji_items
+
+    ds = Dataset(tmp_path / "ds")
+    make_emoji_raw(ds, emoji_dir, emoji_items(emoji_dir)[500:560], shards=1)
+    runner = LocalRunner(progress=False)
+    steps.score(ds, runner)
+    steps.embed(ds, {"model": "foil-tiny-vit"}, runner)
+    exact = mine(ds, max_cosine=0.999)
+    exact_rows = ds.table(NEG_KNN).read()
+    build(ds)
+    indexed = mine(ds, max_cosine=0.999)
+    assert (exact["search"], indexed["search"]) == ("exact (flat)", "knn_index (foil index)")
+    indexed_rows = ds.table(NEG_KNN).read()
+    # A random-init model puts every emoji within a few hundredths of cosine, so exact and
+    # indexed search may break near-ties differently; both must give valid negatives.
+    for rows in (exact_rows, indexed_rows):
+        assert rows.num_rows > 0 and all(r[S.SOURCE_ID] != r[S.SAMPLE_ID] for r in rows.to_pylist())
+    steps.curate(ds, {"max_caption_words": 3})  # the index no longer matches the curated rows
+    assert mine(ds, max_cosine=0.999)["search"] == "exact (flat)"
