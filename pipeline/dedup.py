@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as S
+from pipeline.embed import embedding_matrix
 from pipeline.score import color_difference
 from pipeline.stage import ConfigError
 from pipeline.store import Dataset
@@ -175,9 +176,7 @@ def dedup(dataset: Dataset, cfg: DedupConfig) -> dict[str, Any]:
         emb = emb.filter(pc.is_in(emb[S.SAMPLE_ID], value_set=scores[S.SAMPLE_ID]))
         rows = [position[s] for s in emb[S.SAMPLE_ID].to_pylist()]
         if rows:
-            flat = emb[S.IMAGE_EMBEDDING].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            vectors = flat.reshape(len(rows), -1).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+            vectors = embedding_matrix(emb[S.IMAGE_EMBEDDING])
             vector_of = dict(zip(rows, vectors))
             for a, b, _ in semantic_pairs(vectors, cfg.semantic_threshold, cfg.cluster_size):
                 groups.union(rows[a], rows[b], "semantic")

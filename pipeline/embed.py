@@ -18,6 +18,16 @@ from pipeline import schema as S
 from pipeline.stage import ConfigError, Stage, register
 
 
+def embedding_matrix(column: pa.ChunkedArray | pa.Array, normalise: bool = True) -> np.ndarray:
+    """An embeddings column as a float32 [N, D] matrix. `normalise` re-normalises the rows, which
+    float16 storage leaves a little off unit length (cosines then compare exactly)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    vectors = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(array), -1)
+    if normalise:
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    return vectors
+
+
 @register
 class EmbedStage(Stage):
     name = "embed"
@@ -48,17 +58,10 @@ class EmbedStage(Stage):
         return {"model": self.model_name, "pretrained": self.pretrained, "batch_size": self.batch_size}
 
     def _load(self) -> None:
-        import torch
-
         from training import model as M
         from training.data import decode_image
 
-        # Without weights the model is a random init; seed it so every worker builds the same one
-        # (only useful for tests: real runs name trained weights).
-        torch.manual_seed(0)
-        self._model = M.create_model(self.model_name, pretrained=self.pretrained).eval()
-        self._tokenize = M.tokenizer(self.model_name)
-        self._size = M.image_size(self.model_name)
+        self._model, self._tokenize, self._size = M.load_encoder(self.model_name, self.pretrained)
         self._decode = decode_image
         self.count("model_loads")
 

@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from pipeline import schema as S
 from pipeline.catalog import Catalog
+from pipeline.embed import embedding_matrix
 from pipeline.stage import ConfigError
-from pipeline.store import Dataset, atomic_write
+from pipeline.store import Dataset, atomic_write, drop_empty_tmp
 
 LAYOUT = "clip_retrieval"
 INDEX = "knn_index"
@@ -62,15 +63,13 @@ def export_layout(dataset: Dataset, curated_only: bool = True) -> dict[str, Any]
         part = table.slice(start, ROWS_PER_FILE)
         name = f"{files:05d}"
         for column, sub in ((S.IMAGE_EMBEDDING, "img_emb"), (S.TEXT_EMBEDDING, "text_emb")):
-            flat = part[column].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            vectors = flat.reshape(part.num_rows, -1).astype(np.float16)
-            data = _npy_bytes(vectors)
+            data = _npy_bytes(embedding_matrix(part[column], normalise=False).astype(np.float16))  # as stored
             atomic_write(dataset.fs, str(root / sub / f"{sub}_{name}.npy"), lambda f, d=data: f.write(d))
         meta = part.select([S.SAMPLE_ID, S.CAPTION, S.URL])
         atomic_write(dataset.fs, str(root / "metadata" / f"metadata_{name}.parquet"), lambda f, m=meta: pq.write_table(m, f))
         files += 1
     for sub in ("img_emb", "text_emb", "metadata"):
-        shutil.rmtree(root / sub / "_tmp", ignore_errors=True)
+        drop_empty_tmp(root / sub)
     return {"rows": table.num_rows, "files": files, "dim": len(table[S.IMAGE_EMBEDDING][0]), "layout": str(root)}
 
 
@@ -108,14 +107,9 @@ class KnnIndex:
         self._model = None
 
     def _load(self) -> None:
-        import torch
-
         from training import model as M
 
-        torch.manual_seed(0)  # the embed stage's seed: a random-init test model is the same model
-        self._model = M.create_model(self.model_name, pretrained=self.pretrained).eval()
-        self._tokenize = M.tokenizer(self.model_name)
-        self._size = M.image_size(self.model_name)
+        self._model, self._tokenize, self._size = M.load_encoder(self.model_name, self.pretrained)
 
     def encode_text(self, text: str) -> np.ndarray:
         from training import model as M

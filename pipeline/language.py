@@ -70,7 +70,8 @@ def wordnet_dir(source: Path = WORDNET_SYSTEM_DIR) -> Path:
     return target
 
 
-def load_wordnet(source: Path = WORDNET_SYSTEM_DIR):
+def load_wordnet(root: Path):
+    """NLTK's reader over a folder `wordnet_dir` prepared."""
     import nltk
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
@@ -81,7 +82,6 @@ def load_wordnet(source: Path = WORDNET_SYSTEM_DIR):
         def map_wn(self, version: str = "wordnet") -> None:
             return None
 
-    root = wordnet_dir(source)
     if str(root) not in nltk.data.path:
         nltk.data.path.append(str(root))
     with warnings.catch_warnings():  # "multilingual functions are not available": foil reads English only
@@ -104,12 +104,13 @@ class English:
     def __init__(self, wordnet_source: Path = WORDNET_SYSTEM_DIR):
         from lemminflect import getInflection, getLemma
 
+        root = wordnet_dir(wordnet_source)
         self.nlp = load_spacy()
-        self.wn = load_wordnet(wordnet_source)
+        self.wn = load_wordnet(root)
         # SemCor tag counts per sense key, read once: NLTK's Lemma.count() searches the file on
         # every call, which was most of the generators' time.
         self._counts: dict[str, int] = {}
-        with open(wordnet_dir(wordnet_source) / "cntlist.rev", encoding="utf-8") as fh:
+        with open(root / "cntlist.rev", encoding="utf-8") as fh:
             for line in fh:
                 key, _, count = line.split()
                 self._counts[key] = int(count)

@@ -28,23 +28,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline import schema as S
 from pipeline.catalog import Catalog
+from pipeline.embed import embedding_matrix
 from pipeline.stage import ConfigError
 from pipeline.store import Dataset
 
 NEG_KNN = "neg_knn"
 KNN_KINDS = ("knn_text", "knn_image")
 GENERATOR = "foil.knn@1"
-
-
-def _vectors(column: pa.ChunkedArray) -> np.ndarray:
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    vectors = flat.reshape(len(column), -1)
-    return vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
 
 
 def _built_indexes(dataset: Dataset, ids: list[str]) -> dict[str, Any]:
@@ -93,7 +87,7 @@ def mine(dataset: Dataset, max_cosine: float = 0.98, k: int = 16) -> dict[str, A
         if n < 2:
             counts[f"{kind}:no_neighbour"] += n
             continue
-        vectors = _vectors(rows[column])
+        vectors = embedding_matrix(rows[column])
         index = built.get(modality)
         if index is None:
             index = faiss.IndexFlatIP(vectors.shape[1])  # exact cosine on normalised vectors

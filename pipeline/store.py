@@ -137,6 +137,14 @@ def atomic_write(fs: fsspec.AbstractFileSystem, target: str, write: Callable[[Bi
         fs.mv(tmp, target)
 
 
+def drop_empty_tmp(folder: str | os.PathLike[str]) -> None:
+    """Remove the (empty) temporary folder that `atomic_write` leaves in a plain local output
+    folder once its writes are done. Tables keep theirs: concurrent shard writers share it."""
+    tmp = os.path.join(folder, TMP)
+    if os.path.isdir(tmp) and not os.listdir(tmp):
+        os.rmdir(tmp)
+
+
 def atomic_write_bytes(fs: fsspec.AbstractFileSystem, target: str, data: bytes) -> None:
     atomic_write(fs, target, lambda f: f.write(data))
 

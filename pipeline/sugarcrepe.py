@@ -27,7 +27,7 @@ from pipeline import schema as S
 from pipeline.catalog import Catalog
 from pipeline.negatives_text import SUGARCREPE_NAMES
 from pipeline.stage import ConfigError
-from pipeline.store import TMP, Dataset, atomic_write_bytes, shard_name
+from pipeline.store import Dataset, atomic_write_bytes, drop_empty_tmp, shard_name
 
 _KIND_OF_FILE = {v: k for k, v in SUGARCREPE_NAMES.items()}
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
@@ -59,9 +59,8 @@ def export_sugarcrepe(dataset: Dataset, out_dir: str | Path, kinds: list[str] | 
         items[str(len(items))] = {"filename": name, "caption": r["caption"], "negative_caption": r["negative_caption"]}
     for stem, items in files.items():
         atomic_write_bytes(fs, str(out / f"{stem}.json"), json.dumps(items, indent=1, ensure_ascii=False).encode("utf-8"))
-    for tmp in (out / "images" / TMP, out / TMP):  # the atomic writes' (now empty) temporary folders
-        if tmp.is_dir() and not any(tmp.iterdir()):
-            tmp.rmdir()
+    drop_empty_tmp(out / "images")
+    drop_empty_tmp(out)
     return {stem: len(items) for stem, items in files.items()}
 
 

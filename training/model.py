@@ -113,6 +113,14 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
     return model
 
 
+def load_encoder(name: str, pretrained: str | None = None) -> tuple[open_clip.CLIP, Callable[[list[str]], torch.Tensor], int]:
+    """(model in eval mode, tokenizer, image size) for embedding. Without weights the model is a
+    random init, seeded so every process (each embed actor, and `foil knn` later) builds the same
+    one; real runs name trained weights."""
+    torch.manual_seed(0)
+    return create_model(name, pretrained=pretrained).eval(), tokenizer(name), image_size(name)
+
+
 def tokenizer(name: str):
     """The model's tokenizer at its context length: open_clip's BPE (bundled vocabulary) or, for
     Hugging Face text towers, the tokenizer stored next to the local weights. Never downloads.
