@@ -70,10 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crawl", help="download images for url lists into table `raw`")
     _add_dataset(p)
-    p.add_argument("--urls", nargs="+", required=True, metavar="FILE", help="url lists: parquet, csv, tsv or jsonl")
-    p.add_argument("--url-col", help="column holding the url (default: url)")
-    p.add_argument("--caption-col", help="column holding the caption (default: caption)")
-    p.add_argument("--allow-private-addresses", action="store_true", help="allow loopback/private/link-local hosts (local testing only)")
+    p.add_argument("--urls", nargs="+", default=[], metavar="FILE",
+                   help="url lists: parquet, csv, tsv or jsonl; on an existing dataset only urls not seen before are added and crawled")
+    p.add_argument("--url-col", help="column holding the url (default: url, else LAION's URL)")
+    p.add_argument("--caption-col", help="column holding the caption (default: caption, else LAION's TEXT or DataComp's text)")
+    p.add_argument("--keep-columns", metavar="A,B", default="",
+                   help="more columns of the lists to carry into raw (as one JSON object per row, column `extra`)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-fetch only the rows of the existing raw whose failure is transient (timeout, 5xx, 429), in place")
+    p.add_argument("--allow-address", dest="allow_addresses", action="append", default=[], metavar="ADDRESS:PORT",
+                   help="allow this one loopback/private address and port (a local test server); repeatable")
+    p.add_argument("--allow-private-addresses", action="store_true", help="allow every loopback/private/link-local host (local testing only)")
     _add_recipe(p)
     _add_overwrite(p)
 
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dedup", help="exact, near (pHash) and semantic (embeddings) duplicates into table `duplicates`")
     _add_dataset(p)
     _add_recipe(p)
+    _add_overwrite(p)
 
     p = sub.add_parser("index", help="kNN index of the embeddings: clip-retrieval's layout, indexed by autofaiss")
     _add_dataset(p)
@@ -205,8 +213,8 @@ def _print_report(report: Any) -> None:
 
 # -- commands --------------------------------------------------------------------------------
 def cmd_sql(args: argparse.Namespace) -> int:
-    from pipeline.catalog import Catalog
-    from pipeline.store import Dataset
+    from pipeline.core.catalog import Catalog
+    from pipeline.core.store import Dataset
 
     table = Catalog(Dataset(args.dataset)).query(args.query)
     print(format_rows(table, args.format, args.max_rows))
@@ -214,7 +222,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_sample(args: argparse.Namespace) -> int:
-    from pipeline.sample import fetch_emoji_sample
+    from pipeline.demo.sample import fetch_emoji_sample
 
     path = fetch_emoji_sample(Path(args.cache_dir) if args.cache_dir else None)
     print(f"emoji sample ready in {path}")
@@ -223,7 +231,7 @@ def cmd_fetch_sample(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.report import render_markdown
-    from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
+    from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
 
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit: must be positive, got {args.limit}")
@@ -235,7 +243,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with ImageServer(sample, port=args.port) as server:
         urls = write_url_list(items, server.url, out / "input" / "urls.parquet")
         print(f"serving {len(items)} emoji from {server.url}; dataset: {out}", flush=True)
-        summary = end_to_end(str(out), [str(urls)], args.recipe, args.gpu)
+        # the demo's crawl may reach its own server and nothing else on loopback or private networks
+        summary = end_to_end(str(out), [str(urls)], args.recipe or "demo", args.gpu, allow_addresses=[server.address])
     print(render_markdown(summary))
     print(f"dataset: {out}  (summary.md, summary.json, catalog.duckdb)")
     print(f'query it: foil sql --dataset {out} "select * from funnel"')
@@ -246,15 +255,27 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from flows import pipeline_flows as F
 
     if args.command == "crawl":
-        from pipeline.recipe import load_recipe
-        from pipeline.urls import check_url_files
+        from flows.recipe import load_recipe
+        from pipeline.crawl.urls import check_url_files
 
         recipe = load_recipe(args.recipe)
-        check_url_files(args.urls, args.url_col or recipe.url_col, args.caption_col or recipe.caption_col)
+        if args.retry_failed and args.urls:
+            raise UsageError("--retry-failed re-fetches rows of the existing raw table; give no --urls with it")
+        if not args.retry_failed and not args.urls:
+            raise UsageError("the following arguments are required: --urls (or --retry-failed)")
+        if args.urls:
+            check_url_files(args.urls, args.url_col or recipe.url_col, args.caption_col or recipe.caption_col, args.keep_columns)
         report = F.crawl_flow(
             args.dataset, args.urls, args.recipe, args.overwrite, url_col=args.url_col, caption_col=args.caption_col,
-            allow_private_addresses=args.allow_private_addresses,
+            allow_private_addresses=args.allow_private_addresses, allow_addresses=args.allow_addresses,
+            keep_columns=args.keep_columns, retry_failed=args.retry_failed,
         )
+        if args.retry_failed:
+            print(f"retried {report['rows_retried']} rows failed transiently: {report['recovered']} recovered", file=sys.stderr)
+        refused = report.get("refused") or {}
+        if refused:  # to stderr: stdout is the JSON report
+            reasons = ", ".join(f"{status} {n}" for status, n in refused.items())
+            print(f"refused {sum(refused.values())} rows: {reasons}", file=sys.stderr)
     elif args.command == "score":
         report = F.score_flow(args.dataset, args.recipe, args.overwrite)
     elif args.command == "embed":
@@ -272,21 +293,21 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_dedup(args: argparse.Namespace) -> int:
     from flows.pipeline_flows import dedup_flow
 
-    _print_report(dedup_flow(args.dataset, args.recipe))
+    _print_report(dedup_flow(args.dataset, args.recipe, args.overwrite))
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.knn_index import build
-    from pipeline.store import Dataset
+    from pipeline.embed.knn_index import build
+    from pipeline.core.store import Dataset
 
     _print_report(build(Dataset(args.dataset), curated_only=not args.all, max_index_memory_usage=args.max_index_memory))
     return 0
 
 
 def cmd_knn(args: argparse.Namespace) -> int:
-    from pipeline.knn_index import KnnIndex
-    from pipeline.store import Dataset
+    from pipeline.embed.knn_index import KnnIndex
+    from pipeline.core.store import Dataset
 
     index = KnnIndex(Dataset(args.dataset))
     if args.image is not None:
@@ -307,8 +328,8 @@ def cmd_knn(args: argparse.Namespace) -> int:
 
 
 def cmd_sugarcrepe(args: argparse.Namespace) -> int:
-    from pipeline.store import Dataset
-    from pipeline.sugarcrepe import export_sugarcrepe, import_sugarcrepe
+    from pipeline.core.store import Dataset
+    from pipeline.negatives.sugarcrepe import export_sugarcrepe, import_sugarcrepe
 
     if args.action == "export":
         counts = export_sugarcrepe(Dataset(args.dataset), args.out, args.kinds)
@@ -345,9 +366,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint: {args.checkpoint} is not a file")
+    from pipeline.models.factory import check_checkpoint
+
+    check_checkpoint(args.checkpoint)  # not a checkpoint: one line, before any flow starts
     if not (args.dataset or args.sugarcrepe or args.pairs or args.zeroshot):
         raise UsageError("nothing to evaluate: give --dataset and/or --sugarcrepe/--pairs/--zeroshot files")
-    from training.eval_files import check_file
+    from pipeline.core.benchmark_files import check_file
 
     for kind in ("sugarcrepe", "pairs", "zeroshot"):
         for path in getattr(args, kind):
@@ -360,8 +384,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_train_heads(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
-    from pipeline import schema as S
-    from pipeline.store import Dataset
+    from pipeline.core import schema as S
+    from pipeline.core.store import Dataset
     from training.heads import HeadsConfig, train_heads
 
     if args.steps <= 0 or args.batch_size <= 0 or args.lr <= 0:
@@ -411,13 +435,13 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.catalog import QueryRefused
-    from pipeline.stage import ConfigError
-    from pipeline.store import StoreError
+    from pipeline.core.catalog import QueryRefused
+    from pipeline.core.stage import ConfigError
+    from pipeline.core.store import StoreError
 
     try:
         if getattr(args, "recipe", None) and args.command != "submit":  # submit's recipe is on the cluster
-            from pipeline.recipe import load_recipe
+            from flows.recipe import load_recipe
 
             load_recipe(args.recipe)  # a bad recipe fails here, before any flow starts
         return COMMANDS[args.command](args)

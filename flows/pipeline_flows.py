@@ -16,15 +16,26 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline import steps
-from pipeline.recipe import Recipe, load_recipe
+from flows.recipe import Recipe, load_recipe
 from pipeline.report import build_summary, render_markdown, write_summary
-from pipeline.store import Dataset
+from pipeline.core.store import Dataset
 from training import jobs
 from training.ray_train import TrainConfig
 
 
 def _recipe(recipe_path: str | None) -> Recipe:
     return load_recipe(recipe_path)
+
+
+def _with_allowed(recipe: Recipe, allow_addresses: list[str] | None) -> Recipe:
+    """Add addresses the crawl may reach although private (a local server the caller started)."""
+    if allow_addresses:
+        known = list(recipe.crawl_params.get("allow_addresses") or [])
+        recipe.crawl_params = {**recipe.crawl_params, "allow_addresses": known + [a for a in allow_addresses if a not in known]}
+        from pipeline.stages import build_stage
+
+        build_stage("crawl", recipe.crawl_params)  # a bad address fails here, before any work
+    return recipe
 
 
 def _publish(key: str, report: dict[str, Any]) -> None:
@@ -37,29 +48,34 @@ def _publish(key: str, report: dict[str, Any]) -> None:
 
 
 @task(name="crawl", retries=1, retry_delay_seconds=2)
-def crawl_task(dataset: str, url_files: list[str], recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.crawl(Dataset(dataset), url_files, recipe, steps.make_runner(recipe), overwrite=overwrite)
+def crawl_task(
+    dataset: str, url_files: list[str], recipe: Recipe, overwrite: bool = False, keep_columns: str | list[str] = (), retry_failed: bool = False,
+) -> dict[str, Any]:
+    report = steps.crawl(
+        Dataset(dataset), url_files, recipe.crawl_params, recipe.runner(), overwrite=overwrite, keep_columns=keep_columns,
+        retry_failed=retry_failed, **recipe.ingest,
+    )
     _publish("crawl", report)
     return report
 
 
 @task(name="score", retries=1, retry_delay_seconds=2)
 def score_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.score(Dataset(dataset), steps.make_runner(recipe), overwrite=overwrite)
+    report = steps.score(Dataset(dataset), recipe.runner(), overwrite=overwrite)
     _publish("score", report)
     return report
 
 
 @task(name="embed", retries=1, retry_delay_seconds=2)
 def embed_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.embed(Dataset(dataset), recipe.embed or {}, steps.make_runner(recipe), overwrite=overwrite)
+    report = steps.embed(Dataset(dataset), recipe.embed or {}, recipe.runner(), overwrite=overwrite)
     _publish("embed", report)
     return report
 
 
 @task(name="dedup")
-def dedup_task(dataset: str, recipe: Recipe) -> dict[str, Any]:
-    report = steps.dedup(Dataset(dataset), recipe.dedup)
+def dedup_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
+    report = steps.dedup(Dataset(dataset), recipe.dedup, overwrite=overwrite)
     create_table_artifact(key="dedup", table=[{"what": k, "count": v} for k, v in report.items()], description="duplicates found, by kind")
     return report
 
@@ -73,14 +89,14 @@ def curate_task(dataset: str, recipe: Recipe) -> list[dict[str, Any]]:
 
 @task(name="negatives", retries=1, retry_delay_seconds=2)
 def negatives_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.negatives(Dataset(dataset), recipe.negatives, steps.make_runner(recipe), overwrite=overwrite, knn=recipe.negatives_knn)
+    report = steps.negatives(Dataset(dataset), recipe.negatives, recipe.runner(), overwrite=overwrite, knn=recipe.negatives_knn)
     _publish("negatives", report)
     return report
 
 
 @task(name="export", retries=1, retry_delay_seconds=2)
 def export_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.export(Dataset(dataset), recipe.export, steps.make_runner(recipe), overwrite=overwrite, webdataset=recipe.export_webdataset)
+    report = steps.export(Dataset(dataset), recipe.export, recipe.runner(), overwrite=overwrite, webdataset=recipe.export_webdataset)
     _publish("export", report)
     return report
 
@@ -103,13 +119,19 @@ def eval_task(dataset: str | None, checkpoint: str, model: str, run_id: str, fil
 def crawl_flow(
     dataset: str, url_files: list[str], recipe_path: str | None = None, overwrite: bool = False,
     url_col: str | None = None, caption_col: str | None = None, allow_private_addresses: bool = False,
+    allow_addresses: list[str] | None = None, keep_columns: str | list[str] = (), retry_failed: bool = False,
 ) -> dict[str, Any]:
-    recipe = _recipe(recipe_path)
+    """Add the lists' urls not seen before to the dataset and crawl them (finished shards are
+    kept); `retry_failed` re-fetches the transient failures of `raw` instead (no url lists then).
+    `keep_columns` carries more list columns into raw. `allow_addresses` (ADDRESS:PORT) lets a
+    crawl reach these loopback/private servers only; `allow_private_addresses` lets it reach all
+    of them (local testing)."""
+    recipe = _with_allowed(_recipe(recipe_path), allow_addresses)
     if allow_private_addresses:
         recipe.crawl_params = {**recipe.crawl_params, "allow_private_addresses": True}
     recipe.url_col = url_col or recipe.url_col
     recipe.caption_col = caption_col or recipe.caption_col
-    return crawl_task(dataset, url_files, recipe, overwrite)
+    return crawl_task(dataset, url_files, recipe, overwrite, keep_columns, retry_failed)
 
 
 @flow(name="score")
@@ -123,8 +145,8 @@ def embed_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = F
 
 
 @flow(name="dedup")
-def dedup_flow(dataset: str, recipe_path: str | None = None) -> dict[str, Any]:
-    return dedup_task(dataset, _recipe(recipe_path))
+def dedup_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    return dedup_task(dataset, _recipe(recipe_path), overwrite)
 
 
 @flow(name="curate")
@@ -157,9 +179,12 @@ def eval_flow(dataset: str | None, checkpoint: str, model: str, run_id: str, fil
 
 
 @flow(name="end-to-end")
-def end_to_end(dataset: str, url_files: list[str], recipe_path: str | None = None, use_gpu: bool = False) -> dict[str, Any]:
-    """crawl -> score -> [embed] -> dedup -> curate -> negatives -> export -> train -> eval -> summary."""
-    recipe = _recipe(recipe_path)
+def end_to_end(
+    dataset: str, url_files: list[str], recipe_path: str | None = None, use_gpu: bool = False, allow_addresses: list[str] | None = None,
+) -> dict[str, Any]:
+    """crawl -> score -> [embed] -> dedup -> curate -> negatives -> export -> train -> eval -> summary.
+    `allow_addresses` (ADDRESS:PORT): private servers the crawl may reach (the demo's own)."""
+    recipe = _with_allowed(_recipe(recipe_path), allow_addresses)
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Any, *args: Any) -> Any:

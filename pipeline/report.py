@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.catalog import Catalog
-from pipeline.store import Dataset
+from pipeline.core.catalog import Catalog
+from pipeline.core.store import Dataset
 
 
 def _rows(catalog: Catalog, sql: str) -> list[dict[str, Any]]:

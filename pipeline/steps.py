@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import schema as S
-from pipeline.catalog import Catalog
-from pipeline.dedup import DedupConfig
-from pipeline.dedup import dedup as find_duplicates
-from pipeline.export import write_webdataset
-from pipeline.negatives_knn import mine as mine_knn
-from pipeline.recipe import Recipe
-from pipeline.runners import LocalRunner, RayRunner, RunReport
-from pipeline.stage import ConfigError
-from pipeline.store import Dataset
-from pipeline.urls import ingest_urls
+from pipeline.core import schema as S
+from pipeline.core.catalog import Catalog
+from pipeline.crawl import CrawlStage
+from pipeline.curate import ScoreStage
+from pipeline.embed import EmbedStage
+from pipeline.export import ExportStage
+from pipeline.negatives import TextNegativesStage
+from pipeline.curate.dedup import DedupConfig
+from pipeline.curate.dedup import dedup as find_duplicates
+from pipeline.export.export import write_webdataset
+from pipeline.negatives.knn import mine as mine_knn
+from pipeline.core.runners import LocalRunner, RayRunner, RunReport
+from pipeline.core.stage import ConfigError
+from pipeline.core.store import Dataset
+from pipeline.crawl.urls import ingest_urls
 
 
 class StepFailed(RuntimeError):
@@ -33,12 +37,6 @@ class StepFailed(RuntimeError):
         )
 
 
-def make_runner(recipe: Recipe, progress: bool = True) -> LocalRunner | RayRunner:
-    if recipe.runner_kind == "local":
-        return LocalRunner(retries=recipe.retries, progress=progress)
-    return RayRunner(address=recipe.runner_address, retries=recipe.retries, progress=progress)
-
-
 def _finish(dataset: Dataset, report: RunReport) -> dict[str, Any]:
     Catalog(dataset).refresh()
     if report.failed:
@@ -46,17 +44,49 @@ def _finish(dataset: Dataset, report: RunReport) -> dict[str, Any]:
     return report.as_dict()
 
 
-def crawl(dataset: Dataset, url_files: list[str], recipe: Recipe, runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
-    ingest = ingest_urls(dataset, url_files, url_col=recipe.url_col, caption_col=recipe.caption_col, shard_rows=recipe.shard_rows)
-    report = runner.run("crawl", recipe.crawl_params, dataset, S.URLS, S.RAW, overwrite=overwrite)
+def crawl(
+    dataset: Dataset,
+    url_files: list[str],
+    params: dict[str, Any],
+    runner: LocalRunner | RayRunner,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+    shard_rows: int = 1000,
+    overwrite: bool = False,
+    keep_columns: tuple[str, ...] | list[str] | str = (),
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Add url lists to table `urls` (only urls not seen before, as new shards), then crawl the
+    shards not crawled yet into `raw` (crawl stage `params`). The report's `refused` counts the
+    rows refused on purpose by this call, by status.
+
+    `retry_failed` instead re-fetches the rows of the existing `raw` whose failure is transient,
+    in place (pipeline/crawl/retry.py); `url_files` are not read then."""
+    from pipeline.crawl.crawl import REFUSED_STATUSES
+    from pipeline.crawl.retry import retry_failed as retry
+
+    if retry_failed:
+        if url_files:
+            raise ConfigError("--retry-failed re-fetches the rows of the existing raw table: give no url lists with it")
+        result = retry(dataset, params)
+        Catalog(dataset).refresh()
+        return {"stage": "crawl", "retry_failed": vars(result), "recovered": result.recovered, "rows_retried": result.rows_retried}
+    ingest = ingest_urls(
+        dataset, url_files, url_col=url_col, caption_col=caption_col, shard_rows=shard_rows, overwrite=overwrite, keep_columns=keep_columns,
+    )
+    report = runner.run(CrawlStage, params, dataset, S.URLS, S.RAW, overwrite=overwrite)
     out = _finish(dataset, report)
     out["ingest"] = vars(ingest)
     # Rates cover the shards crawled by this call only; resumed shards were done earlier.
     ok = total = 0
+    refused = dict.fromkeys(REFUSED_STATUSES, 0)
     for result in report.results:
         counts = result.stats.get("counts", {})
         ok += counts.get(f"status:{S.STATUS_SUCCESS}", 0)
-        total += sum(v for k, v in counts.items() if k.startswith("status:"))
+        total += result.stats.get("rows_in", 0)  # the crawl stage gives every input row a status
+        for status in REFUSED_STATUSES:
+            refused[status] += counts.get(f"status:{status}", 0)
+    out["refused"] = {status: n for status, n in refused.items() if n}
     out["crawled_rows"] = total
     out["success_rate"] = ok / total if total else None
     out["images_per_second"] = ok / report.seconds if total else None
@@ -64,17 +94,17 @@ def crawl(dataset: Dataset, url_files: list[str], recipe: Recipe, runner: LocalR
 
 
 def score(dataset: Dataset, runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
-    return _finish(dataset, runner.run("score", {}, dataset, S.RAW, S.SCORES, overwrite=overwrite))
+    return _finish(dataset, runner.run(ScoreStage, {}, dataset, S.RAW, S.SCORES, overwrite=overwrite))
 
 
 def embed(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
     """Image/text embeddings and CLIP scores of every crawled image (table `embeddings`)."""
-    return _finish(dataset, runner.run("embed", params, dataset, S.RAW, S.EMBEDDINGS, overwrite=overwrite))
+    return _finish(dataset, runner.run(EmbedStage, params, dataset, S.RAW, S.EMBEDDINGS, overwrite=overwrite))
 
 
-def dedup(dataset: Dataset, params: dict[str, Any]) -> dict[str, Any]:
+def dedup(dataset: Dataset, params: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
     """Exact, near and (with embeddings) semantic duplicates into table `duplicates`."""
-    report = find_duplicates(dataset, DedupConfig.from_dict(params))
+    report = find_duplicates(dataset, DedupConfig.from_dict(params), overwrite=overwrite)
     Catalog(dataset).refresh()
     return report
 
@@ -94,15 +124,15 @@ def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | Ra
         raise ConfigError(f"negatives.knn needs embeddings: run `foil embed --dataset {dataset.url}` first, or drop negatives.knn")
     # Reads the curated view shard by shard (its `shard` column is the raw shard), so only
     # curated captions get negatives, and a rerun after a threshold change needs --overwrite.
-    report = runner.run("negatives", params, dataset, S.RAW, S.NEG_TEXT, input_view="curated", overwrite=overwrite)
+    report = runner.run(TextNegativesStage, params, dataset, S.RAW, S.NEG_TEXT, input_view="curated", overwrite=overwrite)
     out = _finish(dataset, report)
     if knn is not None:
-        out["knn"] = mine_knn(dataset, **knn)
+        out["knn"] = mine_knn(dataset, **knn, overwrite=overwrite)
     return out
 
 
 def export(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, webdataset: bool = False) -> dict[str, Any]:
-    report = runner.run("export", params, dataset, S.RAW, S.TRAIN, input_view="export_rows", overwrite=overwrite)
+    report = runner.run(ExportStage, params, dataset, S.RAW, S.TRAIN, input_view="export_rows", overwrite=overwrite)
     out = _finish(dataset, report)
     if webdataset:
         out["webdataset"] = write_webdataset(dataset)

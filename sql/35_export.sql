@@ -1,8 +1,8 @@
--- One negative per curated sample (any kind), with its image: what `foil export` writes.
+-- One negative per curated sample (any kind): what `foil export` writes. The image is not here:
+-- the export stage takes it from its own shard of `raw`, so no shard reads another's images.
 CREATE OR REPLACE VIEW export_rows AS
-SELECT c.sample_id, c.caption, n.negative_caption, n.kind AS negative_kind, r.image, c.shard
+SELECT c.sample_id, c.caption, n.negative_caption, n.kind AS negative_kind, c.shard
 FROM curated c
-JOIN raw r ON r.sample_id = c.sample_id
 LEFT JOIN (
     SELECT sample_id, kind, negative_caption
     FROM negatives

@@ -13,9 +13,9 @@ from flows.environment import apply_defaults
 
 apply_defaults()
 
-from pipeline import schema as S  # noqa: E402
-from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample  # noqa: E402
-from pipeline.store import Dataset, shard_name  # noqa: E402
+from pipeline.core import schema as S# noqa: E402
+from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample  # noqa: E402
+from pipeline.core.store import Dataset, shard_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def emoji_server(emoji_dir: Path):
 def ray_local():
     import ray
 
-    from pipeline.runners import ensure_ray
+    from pipeline.core.runners import ensure_ray
 
     ensure_ray()
     yield ray

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from flows.cli import build_parser
-from pipeline.recipe import parse_recipe
+from flows.recipe import parse_recipe
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

@@ -8,23 +8,13 @@ input size and kept as uint8 until the model's device normalises them.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from pipeline import schema as S
-from pipeline.score import on_white
-from training import model as M
-
-
-def decode_image(blob: bytes, size: int) -> np.ndarray:
-    with Image.open(io.BytesIO(blob)) as img:
-        rgb = on_white(img)
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(rgb, dtype=np.uint8)  # [H, W, 3]
+from pipeline.core import schema as S
+from pipeline.models.images import decode_image
+from pipeline.models import factory as M
 
 
 class BatchDecoder:

@@ -16,59 +16,18 @@ A malformed file is reported with the file, the item and the field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.stage import ConfigError
-from training import model as M
-from training.data import decode_image
+from pipeline.core.benchmark_files import load_items, require_field
+from pipeline.core.stage import ConfigError
+from pipeline.models import factory as M
+from pipeline.models.images import decode_image
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a drawing of a {}.")
-
-
-def load_items(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 JSON ({exc})") from None
-    if isinstance(data, dict):
-        return [(str(k), v) for k, v in data.items()]
-    if isinstance(data, list):
-        return [(str(i), v) for i, v in enumerate(data)]
-    raise ConfigError(f"{path}: expected a JSON object or list of items")
-
-
-def _field(path: Path, item_id: str, item: Any, name: str) -> str:
-    if not isinstance(item, dict) or not isinstance(item.get(name), str) or not item[name]:
-        raise ConfigError(f"{path}: item {item_id}: missing or empty field {name!r}")
-    return item[name]
-
-
-FIELDS = {
-    "sugarcrepe": (("filename",), ("caption", "negative_caption")),
-    "pairs": (("image_0", "image_1"), ("caption_0", "caption_1")),
-    "zeroshot": (("image",), ("label",)),
-}
-
-
-def check_file(kind: str, path: Path, image_root: Path) -> int:
-    """Validate a benchmark file up front (fields present, images exist). Returns its item count."""
-    image_fields, text_fields = FIELDS[kind]
-    items = load_items(path)
-    for item_id, item in items:
-        for name in text_fields:
-            _field(path, item_id, item, name)
-        for name in image_fields:
-            file = Path(image_root) / _field(path, item_id, item, name)
-            if not file.is_file():
-                raise ConfigError(f"{path}: item {item_id}: image {file} not found")
-    return len(items)
 
 
 class _Encoder:
@@ -94,7 +53,7 @@ class _Encoder:
 
 def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
     items = load_items(path)
-    fields = [(_field(path, i, it, "filename"), _field(path, i, it, "caption"), _field(path, i, it, "negative_caption")) for i, it in items]
+    fields = [(require_field(path, i, it, "filename"), require_field(path, i, it, "caption"), require_field(path, i, it, "negative_caption")) for i, it in items]
     enc = _Encoder(model, model_name, image_root)
     img = enc.images([f for f, _, _ in fields], path)
     pos = np.sum(img * enc.texts([c for _, c, _ in fields]), axis=1)
@@ -106,7 +65,7 @@ def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: 
 def image_pairs(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
     items = load_items(path)
     names = ("image_0", "image_1", "caption_0", "caption_1")
-    rows = [[_field(path, i, it, n) for n in names] for i, it in items]
+    rows = [[require_field(path, i, it, n) for n in names] for i, it in items]
     enc = _Encoder(model, model_name, image_root)
     i0, i1 = enc.images([r[0] for r in rows], path), enc.images([r[1] for r in rows], path)
     c0, c1 = enc.texts([r[2] for r in rows]), enc.texts([r[3] for r in rows])
@@ -124,7 +83,7 @@ def image_pairs(model: torch.nn.Module, model_name: str, path: Path, image_root:
 
 def zero_shot(model: torch.nn.Module, model_name: str, path: Path, image_root: Path, templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> dict[str, float]:
     items = load_items(path)
-    rows = [(_field(path, i, it, "image"), _field(path, i, it, "label")) for i, it in items]
+    rows = [(require_field(path, i, it, "image"), require_field(path, i, it, "label")) for i, it in items]
     if any("{}" not in t for t in templates):
         raise ConfigError("--templates: every template needs a {} for the class name")
     classes = sorted({label for _, label in rows})

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import schema as S
-from training import model as M
+from pipeline.core import schema as S
+from pipeline.models import factory as M
 from training.data import BatchDecoder
 
 

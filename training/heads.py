@@ -23,9 +23,9 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline import schema as S
-from pipeline.stage import ConfigError
-from training import model as M
+from pipeline.core import schema as S
+from pipeline.core.stage import ConfigError
+from pipeline.models import factory as M
 from training.data import BatchDecoder
 from training.losses import ContrastiveLoss
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema as S
-from pipeline.catalog import Catalog
-from pipeline.store import Dataset
+from pipeline.core import schema as S
+from pipeline.core.catalog import Catalog
+from pipeline.core.runners import run_dataset_step
+from pipeline.core.stage import DatasetStep
+from pipeline.core.store import Dataset
 from training import eval_files
-from training import model as M
+from pipeline.models import factory as M
 from training.eval_files import DEFAULT_TEMPLATES
 from training.evaluate import evaluate as evaluate_rows
 from training.ray_train import TrainConfig, TrainResult, fit
@@ -31,10 +33,25 @@ def run_id_for(cfg: TrainConfig, dataset: Dataset, name: str) -> str:
     return f"{name}-{digest.hexdigest()}"
 
 
+class RecordStep(DatasetStep):
+    """One run's rows (its `runs` row, its curve, its eval metrics) as a shard named after the run:
+    committed like every table, replacing an earlier record of the same run, keeping the others."""
+
+    append = True
+    inputs = (S.TRAIN,)
+
+    def __init__(self, stage: str, table: str, shard: str, rows: pa.Table):
+        super().__init__()
+        self.name, self.outputs = stage, {table: rows.schema}
+        self.table, self.shard, self.rows = table, shard, rows
+
+    def compute(self, dataset: Dataset):
+        self.stats.rows_out = self.rows.num_rows
+        yield self.table, self.shard, self.rows
+
+
 def _append(dataset: Dataset, table: str, shard: str, rows: pa.Table, stage: str) -> None:
-    out = dataset.table(table)
-    out.write_shard(shard, rows, stats={"rows_out": rows.num_rows})
-    out.write_manifest(stage, {"stage": stage}, [S.TRAIN])
+    run_dataset_step(RecordStep(stage, table, shard, rows), dataset)
 
 
 def _metric_rows(run_id: str, split: str, step: int, values: dict[str, float]) -> dict[str, list]:

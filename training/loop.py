@@ -1,7 +1,9 @@
 """The training loop: one function, read top to bottom.
 
 It knows nothing about Ray. The caller hands it a model, an iterator of decoded batches, a loss
-and where to report, so the same loop runs in a unit test, on a laptop and inside Ray Train.
+and where to report and checkpoint, so the same loop runs in a unit test, on a laptop and inside
+Ray Train. Logging (`log_every`) and checkpointing (`checkpoint_every`) are independent schedules;
+both also fire on the last step.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from training.model import normalize
+from pipeline.models.factory import normalize
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class LoopConfig:
     use_negatives: bool = True
     bf16: bool = False  # autocast to bfloat16 (GPU)
     log_every: int = 10
+    checkpoint_every: int | None = None  # None: `on_checkpoint` only at the last step
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -61,8 +64,12 @@ def train_loop(
     start_step: int = 0,
     device: torch.device = torch.device("cpu"),
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
 ) -> int:
-    """Train from `start_step` until `cfg.steps` optimizer steps. Returns the last step done."""
+    """Train from `start_step` until `cfg.steps` optimizer steps. Returns the last step done.
+
+    `on_step(step, metrics)` is called every `cfg.log_every` steps, `on_checkpoint(step, metrics)`
+    every `cfg.checkpoint_every` steps; both at the last step too."""
     model.train()
     step = start_step
     micro = 0
@@ -94,18 +101,23 @@ def train_loop(
         with torch.no_grad():  # CLIP clamps the learned temperature at 100
             model.logit_scale.clamp_(0, math.log(100))
         step += 1
-        if on_step is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            elapsed = time.perf_counter() - tick
-            on_step(
-                step,
-                {
-                    "loss": float(losses["loss"].detach()),
-                    "loss_image": float(losses["loss_image"]),
-                    "loss_text": float(losses["loss_text"]),
-                    "lr": scheduler.get_last_lr()[0],
-                    "logit_scale": float(model.logit_scale.detach().exp()),
-                    "samples_per_second": seen / elapsed if elapsed > 0 else 0.0,
-                },
-            )
-            seen, tick = 0, time.perf_counter()
+        last = step == cfg.steps
+        log = on_step is not None and (step % cfg.log_every == 0 or last)
+        save = on_checkpoint is not None and (last or (cfg.checkpoint_every is not None and step % cfg.checkpoint_every == 0))
+        if not (log or save):
+            continue
+        elapsed = time.perf_counter() - tick
+        metrics = {
+            "loss": float(losses["loss"].detach()),
+            "loss_image": float(losses["loss_image"]),
+            "loss_text": float(losses["loss_text"]),
+            "lr": scheduler.get_last_lr()[0],
+            "logit_scale": float(model.logit_scale.detach().exp()),
+            "samples_per_second": seen / elapsed if elapsed > 0 else 0.0,
+        }
+        if log:
+            on_step(step, metrics)
+        if save:
+            on_checkpoint(step, metrics)
+        seen, tick = 0, time.perf_counter()  # the next rate leaves out the time spent saving
     return step

@@ -17,7 +17,6 @@ This module and flows/ are the only places that import Ray in training.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,10 +27,10 @@ import fsspec
 import numpy as np
 import torch
 
-from pipeline import schema as S
-from pipeline.stage import ConfigError
-from pipeline.store import atomic_write_bytes
-from training import model as M
+from pipeline.core import schema as S
+from pipeline.core.stage import ConfigError
+from pipeline.core.store import Dataset, atomic_write_bytes
+from pipeline.models import factory as M
 from training.data import BatchDecoder
 from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
 from training.losses import LOSSES, build_loss
@@ -90,6 +89,7 @@ class TrainConfig:
         return LoopConfig(
             steps=self.steps, lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
             grad_accum=self.grad_accum, use_negatives=self.use_negatives, bf16=bf16, log_every=self.log_every,
+            checkpoint_every=self.checkpoint_every,
         )
 
 
@@ -110,12 +110,6 @@ def train_func(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
     import ray.train.torch
-
-    # Ray Train logs every report at INFO ("Reporting training result ..."), one long line per
-    # logged step; foil prints its own one-line progress instead (pinned Ray, internal logger).
-    from ray.train.v2._internal.execution import context as ray_train_context
-
-    ray_train_context.logger.setLevel(logging.WARNING)
 
     cfg = TrainConfig(**config["train"])
     use_gpu = config["use_gpu"]
@@ -159,20 +153,20 @@ def train_func(config: dict[str, Any]) -> None:
                 f"lr {metrics['lr']:.2e} {metrics['samples_per_second']:.1f} samples/s/worker",
                 flush=True,
             )
-        metrics = {**metrics, "step": step}
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    M.save_open_clip_checkpoint(core, Path(tmp) / CHECKPOINT_MODEL, step, cfg.model)
-                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, Path(tmp) / CHECKPOINT_STATE)
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_step_{step:07d}")
-        else:
-            ray.train.report(metrics)
+
+    def on_checkpoint(step: int, metrics: dict[str, float]) -> None:
+        # Every worker reports (a report is a barrier across workers); only rank 0 writes files.
+        # Ray keeps nothing of a report without a checkpoint, so foil reports only with one.
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                M.save_open_clip_checkpoint(core, Path(tmp) / CHECKPOINT_MODEL, step, cfg.model)
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, Path(tmp) / CHECKPOINT_STATE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({**metrics, "step": step}, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_step_{step:07d}")
 
     # The loop calls model(image=..., text=...) and model.encode_text: DDP forwards the former.
-    train_loop(_Forwarder(model, core), batches, loss_fn, optimizer, scheduler, cfg.loop_config(use_gpu), start_step, device, on_step)
+    train_loop(_Forwarder(model, core), batches, loss_fn, optimizer, scheduler, cfg.loop_config(use_gpu), start_step, device, on_step, on_checkpoint)
 
 
 class _Forwarder(torch.nn.Module):
@@ -240,10 +234,10 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     from ray.data.expressions import col
     from ray.train.torch import TorchTrainer
 
-    from pipeline.runners import ensure_ray
+    from pipeline.core.runners import ensure_ray
 
     ensure_ray(address)
-    files = sorted(str(p) for p in Path(dataset_root, S.TRAIN).glob("*.parquet"))
+    files = Dataset(dataset_root).table(S.TRAIN).shard_uris()  # committed shards only (with a marker)
     if not files:
         raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
     columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]

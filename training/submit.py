@@ -11,7 +11,7 @@ import shlex
 import time
 from typing import Callable
 
-from pipeline.stage import ConfigError
+from pipeline.core.stage import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 

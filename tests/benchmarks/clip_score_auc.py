@@ -28,9 +28,9 @@ def main() -> None:
 
     import pyarrow as pa
 
-    from pipeline import schema as S
-    from pipeline.sample import emoji_items, fetch_emoji_sample
-    from training import model as M
+    from pipeline.core import schema as S
+    from pipeline.demo.sample import emoji_items, fetch_emoji_sample
+    from pipeline.models import factory as M
     from training.evaluate import evaluate
     from training.heads import HeadsConfig, train_heads
 

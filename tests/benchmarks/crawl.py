@@ -24,7 +24,7 @@ RESIZE = dict(image_size=64, resize_mode="border", encode_format="png", encode_q
 
 
 def url_list(base: str, items, n: int, path: Path) -> Path:
-    from pipeline.sample import IMAGE_SUBDIR
+    from pipeline.demo.sample import IMAGE_SUBDIR
 
     urls, captions = [], []
     copy = 0
@@ -57,20 +57,20 @@ def run_img2dataset(urls: Path, out: Path, n: int) -> tuple[float, int]:
     return seconds, ok
 
 
-def run_foil(urls: Path, out: Path, n: int) -> tuple[float, int, float]:
+def run_foil(urls: Path, out: Path, n: int, allow: str) -> tuple[float, int, float]:
     from pipeline import steps
-    from pipeline.recipe import parse_recipe
-    from pipeline.runners import ensure_ray
-    from pipeline.store import Dataset
+    from flows.recipe import parse_recipe
+    from pipeline.core.runners import ensure_ray
+    from pipeline.core.store import Dataset
 
     start = time.perf_counter()
     ensure_ray()  # timed apart: on a cluster it is up already; img2dataset's pool start-up is in its time
     ray_init = time.perf_counter() - start
     recipe = parse_recipe(
-        {"runner": {"kind": "ray"}, "crawl": {"shard_rows": n // PROCESSES // 2, "params": {**RESIZE, "thread_count": THREADS, "allow_private_addresses": True}}}
+        {"runner": {"kind": "ray"}, "crawl": {"shard_rows": n // PROCESSES // 2, "params": {**RESIZE, "thread_count": THREADS, "allow_addresses": [allow]}}}
     )
     start = time.perf_counter()
-    report = steps.crawl(Dataset(out), [str(urls)], recipe, steps.make_runner(recipe, progress=False))
+    report = steps.crawl(Dataset(out), [str(urls)], recipe.crawl_params, recipe.runner(progress=False), **recipe.ingest)
     seconds = time.perf_counter() - start
     return seconds, report["stats"]["counts"].get("status:success", 0), ray_init
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=2400)
     args = parser.parse_args()
 
-    from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample
+    from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample
 
     sample = fetch_emoji_sample()
     work = Path(tempfile.mkdtemp(prefix="foil-bench-crawl-"))
@@ -91,7 +91,7 @@ def main() -> None:
         with ImageServer(sample) as server:
             urls = url_list(server.url, emoji_items(sample), args.urls, work / "urls.parquet")
             i2d_s, i2d_ok = run_img2dataset(urls, work / "img2dataset", args.urls)
-            foil_s, foil_ok, ray_init = run_foil(urls, work / "foil", args.urls)
+            foil_s, foil_ok, ray_init = run_foil(urls, work / "foil", args.urls, server.address)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     i2d_rate, foil_rate = i2d_ok / i2d_s, foil_ok / foil_s

@@ -42,11 +42,12 @@ def main() -> None:
     import pyarrow as pa
     import torch
 
-    from pipeline import schema as S
-    from pipeline.runners import RayRunner, ensure_ray
-    from pipeline.sample import emoji_items, fetch_emoji_sample
-    from pipeline.store import Dataset, shard_name
-    from training import model as M
+    from pipeline.core import schema as S
+    from pipeline.stages import stage_class
+    from pipeline.core.runners import RayRunner, ensure_ray
+    from pipeline.demo.sample import emoji_items, fetch_emoji_sample
+    from pipeline.core.store import Dataset, shard_name
+    from pipeline.models import factory as M
 
     sample = fetch_emoji_sample()
     items = emoji_items(sample)
@@ -100,7 +101,7 @@ def main() -> None:
         ensure_ray(None)
         ray_seconds = time.perf_counter() - ray_start
         start = time.perf_counter()
-        RayRunner(progress=False).run("embed", {"model": args.model, "pretrained": str(ckpt), "batch_size": args.batch_size}, ds, S.RAW, S.EMBEDDINGS)
+        RayRunner(progress=False).run(stage_class("embed"), {"model": args.model, "pretrained": str(ckpt), "batch_size": args.batch_size}, ds, S.RAW, S.EMBEDDINGS)
         foil_seconds = time.perf_counter() - start
         foil_rows = ds.table(S.EMBEDDINGS).read(columns=[S.SAMPLE_ID]).num_rows
 

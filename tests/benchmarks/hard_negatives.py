@@ -26,9 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline import steps
-    from pipeline.recipe import load_recipe
-    from pipeline.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
-    from pipeline.store import Dataset
+    from flows.recipe import load_recipe
+    from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
+    from pipeline.core.store import Dataset
     from training import jobs
     from training.ray_train import TrainConfig
 
@@ -38,10 +38,10 @@ def main() -> None:
         ds = Dataset(work / "ds")
         recipe = load_recipe(None)
         recipe.runner_kind = "local"
-        runner = steps.make_runner(recipe, progress=False)
+        runner = recipe.runner(progress=False)
         with ImageServer(sample) as server:
             urls = write_url_list(emoji_items(sample), server.url, work / "urls.parquet")
-            steps.crawl(ds, [str(urls)], recipe, runner)
+            steps.crawl(ds, [str(urls)], recipe.crawl_params, runner, **recipe.ingest)
         steps.score(ds, runner)
         steps.curate(ds, recipe.curate)
         steps.negatives(ds, recipe.negatives, runner)

@@ -49,9 +49,9 @@ def openclipart_titles() -> list[str]:
 def run(name: str, captions: list[str]) -> None:
     import pyarrow as pa
 
-    from pipeline import schema as S
-    from pipeline.negatives_text import KINDS, TextNegativesStage
-    from pipeline.stage import StageStats
+    from pipeline.core import schema as S
+    from pipeline.negatives.text import KINDS, TextNegativesStage
+    from pipeline.core.stage import StageStats
 
     stage = TextNegativesStage()
     ids = [f"{name}-{i}" for i in range(len(captions))]

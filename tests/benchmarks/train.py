@@ -25,7 +25,7 @@ WARMUP = 3
 def open_clip_train_rate(steps: int, batch_size: int, logs: Path) -> float:
     from open_clip_train.main import main as open_clip_main
 
-    from training.model import register_foil_configs
+    from pipeline.models.factory import register_foil_configs
 
     register_foil_configs()
     open_clip_main([
@@ -42,8 +42,8 @@ def open_clip_train_rate(steps: int, batch_size: int, logs: Path) -> float:
 
 
 def foil_rate(steps: int, batch_size: int) -> float:
-    from pipeline.sample import emoji_items, fetch_emoji_sample
-    from training import model as M
+    from pipeline.demo.sample import emoji_items, fetch_emoji_sample
+    from pipeline.models import factory as M
     from training.data import BatchDecoder
     from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
     from training.losses import build_loss

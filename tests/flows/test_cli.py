@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from flows.cli import build_parser, format_rows
-from pipeline import schema as S
-from pipeline.catalog import Catalog
-from pipeline.store import Dataset
+from pipeline.core import schema as S
+from pipeline.core.catalog import Catalog
+from pipeline.core.store import Dataset
 
 
 def foil(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -119,7 +119,7 @@ def test_crawl_command_reports_rates_and_feeds_crawl_stats(tmp_path, emoji_serve
     assert blocked.returncode == 0, blocked.stderr[-2000:]
     assert json.loads(blocked.stdout)["stats"]["counts"]["status:blocked_address"] == 13
 
-    proc = foil("crawl", "--dataset", str(ds), "--urls", str(urls), "--recipe", str(recipe), "--allow-private-addresses", "--overwrite", timeout=300)
+    proc = foil("crawl", "--dataset", str(ds), "--urls", str(urls), "--recipe", str(recipe), "--allow-address", emoji_server.address, "--overwrite", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["success_rate"] == 12 / 13 and report["images_per_second"] > 0

@@ -19,7 +19,7 @@ TINY_RECIPE = """
 runner: {kind: ray, retries: 1}
 crawl:
   shard_rows: 40
-  params: {image_size: 64, resize_mode: border, encode_format: png, encode_quality: 6, thread_count: 8, allow_private_addresses: true}
+  params: {image_size: 64, resize_mode: border, encode_format: png, encode_quality: 6, thread_count: 8}
 curate: {min_width: 32, min_height: 32}
 negatives: {kinds: [replace_attribute, replace_object], seed: 0}
 export: {eval_percent: 20, webdataset: true}

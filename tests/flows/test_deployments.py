@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import schema as S
-from pipeline.catalog import Catalog
-from pipeline.runners import LocalRunner
-from pipeline.store import Dataset
+from pipeline.core import schema as S
+from pipeline.core.catalog import Catalog
+from pipeline.core.runners import LocalRunner
+from pipeline.core.store import Dataset
+from pipeline.stages import stage_class
 from tests.conftest import free_port, make_raw, wait_for_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def _run(env, *args, timeout=180) -> subprocess.CompletedProcess:
 def test_deploy_all_and_run_curate_through_a_worker(tmp_path, prefect_server):
     ds = Dataset(tmp_path / "ds")
     make_raw(ds, shards=1, rows=6)
-    LocalRunner(progress=False).run("score", {}, ds, S.RAW, S.SCORES)
+    LocalRunner(progress=False).run(stage_class("score"), {}, ds, S.RAW, S.SCORES)
     Catalog(ds).refresh()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("curate:\n  min_caption_words: 3\n")  # captions are "caption N": 2 words

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.stage import ConfigError
-from training import model as M
+from pipeline.core.stage import ConfigError
+from pipeline.models import factory as M
 from training.data import BatchDecoder
 from training.jobs import EvalFiles, evaluate
 from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import schema as S
-from pipeline.embed import EmbedStage
-from pipeline.stage import ConfigError
-from training import model as M
+from pipeline.core import schema as S
+from pipeline.embed.embed import EmbedStage
+from pipeline.core.stage import ConfigError
+from pipeline.models import factory as M
 from training.evaluate import evaluate, roc_auc, shuffled_pairs
 from training.heads import HeadsConfig, train_heads
 
@@ -35,7 +35,7 @@ def _rows(emoji_dir, items) -> pa.Table:
 
 
 def test_heads_on_frozen_towers_score_held_out_pairs(tmp_path, emoji_dir):
-    from pipeline.sample import emoji_items
+    from pipeline.demo.sample import emoji_items
 
     items = emoji_items(emoji_dir)
     held = [it for it in items if int(hashlib.md5(it.image.encode()).hexdigest(), 16) % 5 == 0][:100]

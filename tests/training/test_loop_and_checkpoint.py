@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import schema as S
-from training import model as M
+from pipeline.core import schema as S
+from pipeline.models import factory as M
 from training.data import BatchDecoder
 from training.evaluate import evaluate, recall_at_k
 from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
@@ -99,3 +99,19 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches():
     assert last == 3 and steps == [1, 2, 3]
     assert len(fed) == 6  # two micro-batches per optimizer step
     assert optimizer.state_dict()["state"][0]["step"] == 3
+
+
+def test_checkpoints_every_checkpoint_every_steps_whatever_log_every():
+    torch.manual_seed(0)
+    model = M.create_model("foil-tiny-vit")
+    decoded = {k: torch.from_numpy(v) for k, v in BatchDecoder("foil-tiny-vit")(_rows().to_pydict()).items()}
+    cfg = LoopConfig(steps=12, lr=1e-3, warmup_steps=1, log_every=5, checkpoint_every=4)
+    optimizer = make_optimizer(model, cfg)
+    logged, saved = [], []
+    train_loop(
+        model, iter(lambda: decoded, None), build_loss("clip"), optimizer, cosine_with_warmup(optimizer, 1, 12), cfg,
+        on_step=lambda s, m: logged.append(s), on_checkpoint=lambda s, m: saved.append((s, m["loss"])),
+    )
+    assert logged == [5, 10, 12]  # and the last step
+    assert [s for s, _ in saved] == [4, 8, 12]
+    assert all(np.isfinite(loss) for _, loss in saved)  # a checkpoint carries the step's metrics

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import open_clip
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
 
-from pipeline import schema as S
-from pipeline.catalog import Catalog
-from pipeline.store import Dataset
+from pipeline.core import schema as S
+from pipeline.core.catalog import Catalog
+from pipeline.core.store import Dataset
+from pipeline.models import factory as M
 from training import jobs
+from training.evaluate import evaluate
 from training.ray_train import TrainConfig
 
 
@@ -33,22 +38,33 @@ def test_two_worker_training_records_run_curve_and_eval(tmp_path, emoji_dir, few
     train.write_shard("part-00001", _train_table(emoji_dir, few_emoji[20:40]))
     train.write_manifest("export", {}, [S.RAW])
 
-    cfg = TrainConfig.from_dict({"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, "warmup_steps": 1})
+    # log_every does not divide checkpoint_every: checkpoints still come every 2 steps
+    cfg = TrainConfig.from_dict({"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 3, "warmup_steps": 1})
     # a URI, as for object storage: checkpoints and the curve go through Ray's and fsspec's filesystems
     run_id, result = jobs.train(ds, cfg, f"file://{tmp_path / 'ckpt'}", workers=2)
     assert result.steps == 4
     assert Path(result.model_weights).is_file() and "checkpoint_step_0000004" in result.model_weights
-    assert [int(r["step"]) for r in result.history] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / run_id).glob("checkpoint_step_*")) == ["checkpoint_step_0000002", "checkpoint_step_0000004"]
+    assert [int(r["step"]) for r in result.history] == [3, 4]
 
+    # open_clip loads the trained weights, which are not the initial ones (rank 0 seeds with 0)
     model, _, _ = open_clip.create_model_and_transforms("foil-tiny-vit", pretrained=result.model_weights)
-    assert model is not None
+    torch.manual_seed(0)
+    untrained = M.create_model("foil-tiny-vit")
+    saved = torch.load(result.model_weights, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert not torch.equal(untrained.state_dict()["visual.proj"], saved["visual.proj"])
 
+    # jobs.evaluate scores that checkpoint on the eval split and records what it returns
     metrics = jobs.evaluate(ds, result.model_weights, "foil-tiny-vit", run_id)
-    assert metrics["eval_rows"] == 8 and 0.0 <= metrics["image_to_text_R@1"] <= 1.0
+    rows = train.read()
+    expected = evaluate(model, "foil-tiny-vit", rows.filter(pc.equal(rows[S.SPLIT], "eval")))
+    assert metrics["eval_rows"] == 8 and metrics == pytest.approx(expected)
 
     cat = Catalog(ds)
     assert cat.query("select count(*) n from runs").column("n")[0].as_py() == 1
     steps = cat.query(f"select distinct step from train_metrics where run_id = '{run_id}' order by step").column("step").to_pylist()
-    assert steps == [1, 2, 3, 4]
-    names = set(cat.query("select name from eval_metrics").column("name").to_pylist())
-    assert {"image_to_text_R@1", "text_to_image_R@1", "hard_negative_accuracy"} <= names
+    assert steps == [3, 4]
+    recorded = cat.query(f"select name, value from eval_metrics where run_id = '{run_id}'").to_pylist()
+    assert {r["name"]: r["value"] for r in recorded} == pytest.approx(metrics)
+    assert {"image_to_text_R@1", "text_to_image_R@1", "hard_negative_accuracy"} <= set(metrics)

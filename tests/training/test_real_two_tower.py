@@ -7,7 +7,7 @@ import open_clip
 import timm
 import torch
 
-from training import model as M
+from pipeline.models import factory as M
 from training.data import BatchDecoder
 
 
@@ -57,11 +57,22 @@ def test_real_two_tower_trains_through_the_loop(emoji_dir, few_emoji):
     rows = {"caption": [it.caption for it in few_emoji[:4]], "negative_caption": [f"not {it.caption}" for it in few_emoji[:4]],
             "image": [(emoji_dir / "img/google/64" / it.image).read_bytes() for it in few_emoji[:4]]}
     batch = {k: torch.from_numpy(v) for k, v in BatchDecoder(M.REAL_TWO_TOWER)(rows).items()}
+    torch.manual_seed(0)
     model = M.create_model(M.REAL_TWO_TOWER)
-    before = model.visual.head.proj.weight.detach().clone()
+    loss_fn = build_loss("clip")
+
+    def batch_loss() -> float:  # in eval mode: no dropout noise in the comparison
+        model.eval()
+        with torch.no_grad():
+            out = model(image=M.normalize(batch["image"]), text=batch["text"])
+            out["negative_text_features"] = model.encode_text(batch["negative_text"], normalize=True)
+            out["has_negative"] = batch["has_negative"]
+            return float(loss_fn(**out)["loss"])
+
+    before = batch_loss()
     cfg = LoopConfig(steps=2, lr=1e-3, warmup_steps=1, log_every=1)
     opt = make_optimizer(model, cfg)
     losses = []
-    train_loop(model, iter(lambda: batch, None), build_loss("clip"), opt, cosine_with_warmup(opt, 1, 2), cfg, on_step=lambda s, m: losses.append(m["loss"]))
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    assert not torch.equal(before, model.visual.head.proj.weight)
+    train_loop(model, iter(lambda: batch, None), loss_fn, opt, cosine_with_warmup(opt, 1, 2), cfg, on_step=lambda s, m: losses.append(m["loss"]))
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert batch_loss() < before  # two steps already fit the batch better (1.66 -> 1.60 with seed 0)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import schema as S
-from pipeline.store import Dataset
+from pipeline.core import schema as S
+from pipeline.core.store import Dataset
 from tests.conftest import free_port, wait_for_http
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -16,9 +16,9 @@ import open_clip
 import pyarrow as pa
 import torch
 
-from pipeline import schema as S
-from pipeline.store import Dataset
-from training import model as M
+from pipeline.core import schema as S
+from pipeline.core.store import Dataset
+from pipeline.models import factory as M
 from training.ray_train import read_curve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ CONFIG = {"steps": 10, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "
 TRAIN = textwrap.dedent(
     f"""
     import sys
-    from pipeline.store import Dataset
+    from pipeline.core.store import Dataset
     from training import jobs
     from training.ray_train import TrainConfig
     jobs.train(Dataset(sys.argv[1]), TrainConfig.from_dict({CONFIG!r}), sys.argv[2], workers=2, name="resume-test")

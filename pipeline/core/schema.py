@@ -1,0 +1,198 @@
+"""Column and table names, and the Arrow schemas of foil's tables, in one place.
+
+Every stage, SQL file and test refers to columns through these constants, so a rename is one
+edit. Image bytes always live in their own column (`IMAGE`) so that metadata queries, which
+DuckDB pushes down to the parquet reader, never read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# Tables (each a folder of parquet shards in a dataset).
+URLS = "urls"
+RAW = "raw"
+SCORES = "scores"
+NEG_TEXT = "neg_text"
+TRAIN = "train"
+RUNS = "runs"
+METRICS = "metrics"
+EMBEDDINGS = "embeddings"
+
+# Columns shared across tables.
+SAMPLE_ID = "sample_id"
+URL = "url"
+CAPTION = "caption"
+IMAGE = "image"
+
+# raw
+STATUS = "status"
+ERROR = "error"
+ERROR_KIND = "error_kind"
+WIDTH = "width"
+HEIGHT = "height"
+ORIGINAL_WIDTH = "original_width"
+ORIGINAL_HEIGHT = "original_height"
+SHA256 = "sha256"
+EXTRA = "extra"  # the url list's kept columns (`--keep-columns`) as one JSON object, or null
+
+# urls
+EXPECTED_SHA256 = "expected_sha256"  # a list's own sha256 of the image (DataComp), checked on download
+
+# scores
+ASPECT_RATIO = "aspect_ratio"
+CAPTION_CHARS = "caption_chars"
+CAPTION_WORDS = "caption_words"
+IMAGE_BYTES = "image_bytes"
+PHASH = "phash"
+COLOR_THUMB = "color_thumb"
+DECODE_ERROR = "decode_error"
+LANGUAGE = "language"  # ISO 639-1 code from langid.py
+LANGUAGE_SCORE = "language_score"  # its probability
+CAPTION_FLAG = "caption_flag"  # why the caption is not a description (filename, url, ...), or null
+
+# neg_text
+KIND = "kind"
+NEG_CAPTION = "negative_caption"
+EDIT_SPAN = "edit_span"
+EDIT_FROM = "edit_from"
+EDIT_TO = "edit_to"
+GENERATOR = "generator"
+CHECKS = "checks"
+SOURCE_ID = "source_id"  # kNN-mined negatives: the row the negative comes from
+
+# train
+NEG_KIND = "negative_kind"
+SPLIT = "split"
+
+# embeddings
+IMAGE_EMBEDDING = "image_embedding"
+TEXT_EMBEDDING = "text_embedding"
+CLIP_SCORE = "clip_score"
+MODEL = "model"
+
+# runs / metrics
+RUN_ID = "run_id"
+STEP = "step"
+NAME = "name"
+VALUE = "value"
+
+STATUS_SUCCESS = "success"
+
+URLS_SCHEMA = pa.schema(
+    [(SAMPLE_ID, pa.string()), (URL, pa.string()), (CAPTION, pa.string()), (EXPECTED_SHA256, pa.string()), (EXTRA, pa.string())]
+)
+
+RAW_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (URL, pa.string()),
+        (CAPTION, pa.string()),
+        (STATUS, pa.string()),
+        (ERROR, pa.string()),
+        (ERROR_KIND, pa.string()),
+        (WIDTH, pa.int32()),
+        (HEIGHT, pa.int32()),
+        (ORIGINAL_WIDTH, pa.int32()),
+        (ORIGINAL_HEIGHT, pa.int32()),
+        (SHA256, pa.string()),
+        (IMAGE, pa.binary()),
+    ]
+)
+
+# What the crawl writes: `raw` plus the kept columns. Kept apart from RAW_SCHEMA so that raw tables
+# written by other steps (imports, tests) need not carry `extra`; views read shards by column
+# name (union_by_name), so a shard without it reads as null there.
+CRAWLED_RAW_SCHEMA = pa.schema([*(f for f in RAW_SCHEMA if f.name != IMAGE), (EXTRA, pa.string()), RAW_SCHEMA.field(IMAGE)])
+
+SCORES_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (WIDTH, pa.int32()),
+        (HEIGHT, pa.int32()),
+        (ASPECT_RATIO, pa.float32()),
+        (CAPTION_CHARS, pa.int32()),
+        (CAPTION_WORDS, pa.int32()),
+        (IMAGE_BYTES, pa.int64()),
+        (SHA256, pa.string()),
+        (PHASH, pa.string()),
+        (COLOR_THUMB, pa.string()),
+        (DECODE_ERROR, pa.string()),
+        (LANGUAGE, pa.string()),
+        (LANGUAGE_SCORE, pa.float32()),
+        (CAPTION_FLAG, pa.string()),
+    ]
+)
+
+NEG_TEXT_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (KIND, pa.string()),
+        (CAPTION, pa.string()),
+        (NEG_CAPTION, pa.string()),
+        (EDIT_SPAN, pa.list_(pa.int32())),
+        (EDIT_FROM, pa.string()),
+        (EDIT_TO, pa.string()),
+        (GENERATOR, pa.string()),
+        (CHECKS, pa.list_(pa.string())),
+        (SOURCE_ID, pa.string()),
+    ]
+)
+
+TRAIN_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (CAPTION, pa.string()),
+        (NEG_CAPTION, pa.string()),
+        (NEG_KIND, pa.string()),
+        (SPLIT, pa.string()),
+        (IMAGE, pa.binary()),
+    ]
+)
+
+METRICS_SCHEMA = pa.schema(
+    [
+        (RUN_ID, pa.string()),
+        (SPLIT, pa.string()),
+        (STEP, pa.int64()),
+        (NAME, pa.string()),
+        (VALUE, pa.float64()),
+    ]
+)
+
+RUNS_SCHEMA = pa.schema(
+    [
+        (RUN_ID, pa.string()),
+        ("started_at", pa.string()),
+        ("config", pa.string()),
+        ("checkpoint", pa.string()),
+        ("steps", pa.int64()),
+        ("samples_per_second", pa.float64()),
+    ]
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """Vectors are L2-normalised and stored as float16: half the bytes, ample for cosine search."""
+    return pa.schema(
+        [
+            (SAMPLE_ID, pa.string()),
+            (IMAGE_EMBEDDING, pa.list_(pa.float16(), dim)),
+            (TEXT_EMBEDDING, pa.list_(pa.float16(), dim)),
+            (CLIP_SCORE, pa.float32()),
+            (MODEL, pa.string()),
+        ]
+    )
+
+
+def sample_id(url: str, caption: str | None) -> str:
+    """Stable row key: the same (url, caption) pair always gets the same id, across reruns."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(url.encode("utf-8", "surrogatepass"))
+    h.update(b"\x00")
+    h.update((caption or "").encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
