@@ -50,7 +50,24 @@ class StageStats:
         self.seconds += other.get("seconds", 0.0)
 
 
-class Stage:
+class _Counted:
+    """What stages and whole-dataset steps share: counters, and the resolved config."""
+
+    def __init__(self) -> None:
+        self.stats = StageStats()
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.stats.dropped[reason] += n
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.stats.counts[what] += n
+
+    def config(self) -> dict[str, Any]:
+        """The resolved parameters, recorded next to the output."""
+        return {}
+
+
+class Stage(_Counted):
     """Base class. Subclasses set `name`, `output_schema`, and implement `process`."""
 
     name: ClassVar[str]
@@ -66,9 +83,6 @@ class Stage:
     # reuse it for every shard (Ray: an actor pool) instead of building one per shard.
     reuse_instance: ClassVar[bool] = False
 
-    def __init__(self) -> None:
-        self.stats = StageStats()
-
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
@@ -82,18 +96,8 @@ class Stage:
                 yield out
             self.stats.seconds += time.perf_counter() - start
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.stats.dropped[reason] += n
 
-    def count(self, what: str, n: int = 1) -> None:
-        self.stats.counts[what] += n
-
-    def config(self) -> dict[str, Any]:
-        """The resolved parameters of this stage, recorded next to its output."""
-        return {}
-
-
-class DatasetStep:
+class DatasetStep(_Counted):
     """A whole-dataset step: it reads whole tables (rows are compared across shards, or come from
     outside the dataset) and yields the shards of one or more output tables. Dedup, kNN mining,
     url ingest, imports and training records are such steps. `run_dataset_step` commits what
@@ -109,9 +113,6 @@ class DatasetStep:
     # their manifest config is the step's name only, each shard's stats hold its own config.
     append: ClassVar[bool] = False
 
-    def __init__(self) -> None:
-        self.stats = StageStats()
-
     def compute(self, dataset: Any) -> Iterator[tuple[str, str, pa.Table]]:
         """Yield (output table, shard name, rows)."""
         raise NotImplementedError
@@ -125,15 +126,6 @@ class DatasetStep:
             if table.exists():
                 state[name] = {shard: info.rows for shard, info in table.finished_shards().items()}
         return state
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.stats.dropped[reason] += n
-
-    def count(self, what: str, n: int = 1) -> None:
-        self.stats.counts[what] += n
-
-    def config(self) -> dict[str, Any]:
-        return {}
 
 
 _REGISTRY: dict[str, type[Stage]] = {}
