@@ -1,4 +1,4 @@
-"""Model factory: open_clip architectures by name, or foil's own JSON configs in model_configs/.
+"""Model factory: open_clip architectures by name, or foil's own JSON configs in configs/ (next to this file).
 
 Architectures are data. foil's configs (e.g. `foil-tiny-vit`, a laptop-sized ViT/transformer
 two-tower used by tests and the demo) are registered with open_clip's registry, so the models
