@@ -139,32 +139,30 @@ print({"seconds": seconds, "bytes_total": total, "bytes_per_shard": max(per_shar
 }
 
 
-def measure_alone(args: list[str]) -> dict:
-    """Run a command in a child that reports its own peak RSS and wall time (start-up included)."""
-    wrapper = (
-        "import resource, subprocess, sys, time, json\n"
-        "start = time.perf_counter()\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True)\n"
-        "wall = time.perf_counter() - start\n"
-        "assert p.returncode == 0, p.stderr.decode()[-2000:]\n"
-        "print(json.dumps({'seconds': wall, 'peak_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=REPO, capture_output=True, text=True, check=True)
+# Runs a command in a child, so RUSAGE_CHILDREN there is that command's own peak RSS. The
+# figures: wall time (start-up included) and peak memory, plus whatever dict literal the command
+# printed last when asked (a probe's own inner timing replaces the wall time).
+_MEASURE = (
+    "import ast, json, resource, subprocess, sys, time\n"
+    "start = time.perf_counter()\n"
+    "p = subprocess.run(sys.argv[2:], capture_output=True, text=True)\n"
+    "out = {'seconds': time.perf_counter() - start}\n"
+    "assert p.returncode == 0, p.stderr[-2000:]\n"
+    "if sys.argv[1] == 'reported':\n"
+    "    out.update(ast.literal_eval(p.stdout.strip().splitlines()[-1]))\n"
+    "out['peak_mb'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def measure_alone(args: list[str], reported: bool = False) -> dict:
+    mode = "reported" if reported else "wall"
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, mode, *args], cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def probe_alone(name: str, root: Path) -> dict:
-    wrapper_args = [sys.executable, "-c", PROBES[name], str(root)]
-    wrapper = (
-        "import resource, subprocess, sys, json\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "assert p.returncode == 0, p.stderr[-2000:]\n"
-        "out = eval(p.stdout.strip().splitlines()[-1])\n"
-        "out['peak_mb'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps(out))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", wrapper, *wrapper_args], cwd=REPO, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return measure_alone([sys.executable, "-c", PROBES[name], str(root)], reported=True)
 
 
 def main() -> None:
