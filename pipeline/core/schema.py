@@ -22,6 +22,8 @@ TRAIN = "train"
 RUNS = "runs"
 METRICS = "metrics"
 EMBEDDINGS = "embeddings"
+NEG_IMAGE = "neg_image"
+IMGDIFF = "imgdiff"
 
 # Columns shared across tables.
 SAMPLE_ID = "sample_id"
@@ -65,8 +67,33 @@ GENERATOR = "generator"
 CHECKS = "checks"
 SOURCE_ID = "source_id"  # kNN-mined negatives: the row the negative comes from
 
+# neg_image: an image that shows a text negative's caption
+METHOD = "method"  # mined | inpaint | p2p
+MASK = "mask"  # PNG of the edited region (inpaint), or null
+BOX = "box"  # [x0, y0, x1, y1] in pixels of the changed region, or null
+SEED = "seed"
+PIPELINE = "pipeline"  # the diffusion pipeline's id (its folder or file, or tiny-*), or null for mined
+SCORE_NEGATIVE = "score_negative"  # cosine(negative image, negative caption), embed model
+SCORE_POSITIVE = "score_positive"  # cosine(negative image, positive caption)
+TRAINABLE = "trainable"  # false for rows made by a random-weight pipeline: never exported
+
+# imgdiff: two near-identical images that differ in one object
+PAIR_ID = "pair_id"
+IMAGE_A = "image_a"
+IMAGE_B = "image_b"
+CAPTION_A = "caption_a"
+CAPTION_B = "caption_b"
+OBJECT_A = "object_a"
+OBJECT_B = "object_b"
+SIMILARITY = "similarity"  # whole-image cosine of the pair
+BOXES = "boxes"  # list of [x0, y0, x1, y1], most different first
+BOX_SCORES = "box_scores"  # per box: 1 - cosine of its two crops
+DIFFERENCE_CAPTION = "difference_caption"
+FILTER_REASON = "filter_reason"  # why the pair was dropped, or null when kept
+
 # train
 NEG_KIND = "negative_kind"
+NEG_IMAGE_COL = "negative_image"  # an image showing `negative_caption`, or null
 SPLIT = "split"
 
 # embeddings
@@ -151,6 +178,49 @@ TRAIN_SCHEMA = pa.schema(
         (NEG_KIND, pa.string()),
         (SPLIT, pa.string()),
         (IMAGE, pa.binary()),
+    ]
+)
+
+NEG_IMAGE_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (KIND, pa.string()),
+        (CAPTION, pa.string()),
+        (NEG_CAPTION, pa.string()),
+        (METHOD, pa.string()),
+        (SOURCE_ID, pa.string()),  # mined: the row whose image it is
+        (MASK, pa.binary()),
+        (BOX, pa.list_(pa.int32())),
+        (SEED, pa.int64()),
+        (PIPELINE, pa.string()),
+        (SCORE_NEGATIVE, pa.float32()),
+        (SCORE_POSITIVE, pa.float32()),
+        (TRAINABLE, pa.bool_()),
+        (CHECKS, pa.list_(pa.string())),
+        (IMAGE, pa.binary()),
+    ]
+)
+
+IMGDIFF_SCHEMA = pa.schema(
+    [
+        (PAIR_ID, pa.string()),
+        (SAMPLE_ID, pa.string()),  # the positive row the caption pair came from, or null (imported)
+        (CAPTION_A, pa.string()),
+        (CAPTION_B, pa.string()),
+        (OBJECT_A, pa.string()),
+        (OBJECT_B, pa.string()),
+        (METHOD, pa.string()),  # p2p | import
+        (SEED, pa.int64()),
+        (PIPELINE, pa.string()),
+        (SIMILARITY, pa.float32()),
+        (BOXES, pa.list_(pa.list_(pa.int32()))),
+        (BOX_SCORES, pa.list_(pa.float32())),
+        (DIFFERENCE_CAPTION, pa.string()),
+        (FILTER_REASON, pa.string()),
+        (TRAINABLE, pa.bool_()),
+        (CHECKS, pa.list_(pa.string())),
+        (IMAGE_A, pa.binary()),
+        (IMAGE_B, pa.binary()),
     ]
 )
 
