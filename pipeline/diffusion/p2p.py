@@ -1,0 +1,244 @@
+"""Prompt-to-Prompt pairs: a source image from one caption and an edited image from another,
+made from the same initial latent, so the two differ where the words differ.
+
+One attention processor (`Prompt2PromptProcessor`, on diffusers' `AttnProcessor` interface) sits on
+every attention layer of the UNet. The UNet batch holds the sources and the edits of several
+pairs at once: [uncond sources | uncond edits | cond sources | cond edits] under classifier-free
+guidance. Only the conditional edits are changed; everything else is computed as diffusers does,
+so the source image is the one a plain pipeline call from that latent makes.
+
+- self-attention, for the first `self_replace_fraction` of the steps: the edit attends with the
+  source's maps (on layers of at most `self_replace_max_tokens` positions, as the original
+  method does: the finest maps carry texture, not layout);
+- cross-attention, for the first `cross_replace_fraction` of the steps: tokens the two captions
+  share take the source's map (through a token mapper aligning the two token sequences); new
+  tokens keep the edit's own.
+
+Layers and steps are counted inside the processor: a step ends when every layer has run once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence
+
+from pipeline.core.stage import ConfigError
+from pipeline.diffusion.loading import LoadedPipeline
+
+P2P_KINDS = ("txt2img", "sdxl")
+SELF_REPLACE_MAX_TOKENS = 32 * 32
+DEFAULT_BATCH_PAIRS = 4
+
+
+def token_mapper(source_ids: Sequence[int], target_ids: Sequence[int], eos_id: int) -> list[int]:
+    """For each position of the target's token sequence, the source position holding the same
+    token, or -1 for a token only the target has. Both are padded sequences of one length.
+
+    The text tokens (start to end-of-text) are aligned by longest matching runs, so a replaced or
+    inserted word shifts the tokens after it onto their source partners; padding positions map
+    to the source's padding in order."""
+
+    def text_length(ids: Sequence[int]) -> int:
+        ids = list(ids)
+        return ids.index(eos_id, 1) + 1 if eos_id in ids[1:] else len(ids)
+
+    n_src, n_tgt = text_length(source_ids), text_length(target_ids)
+    mapper = [-1] * len(target_ids)
+    matcher = difflib.SequenceMatcher(a=list(source_ids[:n_src]), b=list(target_ids[:n_tgt]), autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            mapper[block.b + k] = block.a + k
+    for j in range(n_tgt, len(target_ids)):
+        i = n_src + (j - n_tgt)
+        mapper[j] = i if i < len(source_ids) else -1
+    return mapper
+
+
+class Prompt2PromptProcessor:
+    """The attention processor. One object serves every layer; it knows which step it is in by
+    counting calls (`num_layers` per step).
+
+    `mapper` is a LongTensor [pairs, tokens] from `token_mapper`. When `trace` is set, the ids of
+    the layers called are recorded per step (tests check each layer runs once per step)."""
+
+    def __init__(
+        self, pairs: int, num_layers: int, self_replace_steps: int, cross_replace_steps: int, mapper: Any,
+        self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS, trace: bool = False,
+    ) -> None:
+        self.pairs = pairs
+        self.num_layers = num_layers
+        self.self_replace_steps = self_replace_steps
+        self.cross_replace_steps = cross_replace_steps
+        self.mapper = mapper
+        self.self_replace_max_tokens = self_replace_max_tokens
+        self.layer = 0
+        self.step = 0
+        self.calls = 0
+        self.trace: list[list[int]] | None = [] if trace else None
+
+    def _advance(self, attn: Any) -> int:
+        step = self.step
+        if self.trace is not None:
+            if len(self.trace) <= step:
+                self.trace.append([])
+            self.trace[step].append(id(attn))
+        self.calls += 1
+        self.layer += 1
+        if self.layer == self.num_layers:  # every layer ran once: the next call is the next step
+            self.layer = 0
+            self.step += 1
+        return step
+
+    def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None, attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        step = self._advance(attn)
+        is_cross = encoder_hidden_states is not None
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, tokens, _ = hidden_states.shape
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if not is_cross else (attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states)
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # [batch*heads, tokens, head_dim]
+        key = attn.head_to_batch_dim(attn.to_k(context))  # [batch*heads, keys, head_dim]
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        heads = attn.heads
+
+        if is_cross:
+            edit = step < self.cross_replace_steps
+        else:
+            edit = step < self.self_replace_steps and tokens <= self.self_replace_max_tokens
+        if edit and batch % (2 * self.pairs) != 0:
+            raise RuntimeError(f"prompt-to-prompt: batch {batch} is not a multiple of 2 x {self.pairs} pairs")
+
+        def sdpa(q: Any, k: Any, v: Any, mask: Any) -> Any:
+            # Same kernel as diffusers' default processor, so unedited images match a plain call.
+            n = q.shape[0] // heads
+            q4, k4, v4 = (t.reshape(n, heads, t.shape[1], t.shape[2]) for t in (q, k, v))
+            m4 = None if mask is None else mask.reshape(n, heads, mask.shape[1], mask.shape[2])
+            out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=m4, scale=attn.scale)
+            return out.reshape(n * heads, out.shape[2], out.shape[3])
+
+        if not edit:
+            out = sdpa(query, key, value, attention_mask)
+        else:
+            # Rows of the [batch*heads] axis: the conditional half is the last 2*pairs images
+            # (sources then edits); an unguided batch is all conditional.
+            p = self.pairs * heads
+            cond = (batch - 2 * self.pairs) * heads
+            src, tgt = slice(cond, cond + p), slice(cond + p, cond + 2 * p)
+            mask = None if attention_mask is None else attention_mask
+            pieces = []
+            if cond:
+                pieces.append(sdpa(query[:cond], key[:cond], value[:cond], None if mask is None else mask[:cond]))
+            probs_src = attn.get_attention_scores(query[src], key[src], None if mask is None else mask[src])  # [p, tokens, keys]
+            pieces.append(torch.bmm(probs_src, value[src]))
+            if is_cross:
+                probs_tgt = attn.get_attention_scores(query[tgt], key[tgt], None if mask is None else mask[tgt])
+                mapper = self.mapper.to(query.device).repeat_interleave(heads, dim=0)  # [p, keys]
+                taken = probs_src.gather(2, mapper.clamp(min=0)[:, None, :].expand(-1, tokens, -1))
+                probs_tgt = torch.where((mapper >= 0)[:, None, :], taken, probs_tgt)
+            else:
+                probs_tgt = probs_src  # the edit lays out like the source: same self-attention maps
+            pieces.append(torch.bmm(probs_tgt, value[tgt]))
+            out = torch.cat(pieces, dim=0)
+
+        hidden_states = attn.batch_to_head_dim(out)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def initial_latents(loaded: LoadedPipeline, seeds: Sequence[int], height: int, width: int) -> Any:
+    """One initial latent per seed, drawn on the CPU so a seed gives the same latent on any
+    device: [len(seeds), C, height / f, width / f]."""
+    import torch
+
+    pipe = loaded.pipe
+    factor = pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels if loaded.kind != "inpaint" else pipe.vae.config.latent_channels, height // factor, width // factor)
+    rows = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)), dtype=torch.float32) for s in seeds]
+    return torch.cat(rows).to(device=loaded.device, dtype=loaded.dtype)
+
+
+def default_size(loaded: LoadedPipeline) -> int:
+    return int(loaded.pipe.unet.config.sample_size * loaded.pipe.vae_scale_factor)
+
+
+def count_attention_layers(unet: Any) -> int:
+    # attn_processors builds a fresh dict; counting before set_attn_processor matters because
+    # set_attn_processor(dict) pops the entries of the dict it is given.
+    return len(unet.attn_processors)
+
+
+def _check_pairs(prompts: Sequence[str], edited_prompts: Sequence[str], seeds: Sequence[int]) -> None:
+    if not (len(prompts) == len(edited_prompts) == len(seeds)):
+        raise ConfigError(f"generate_pairs: prompts ({len(prompts)}), edited_prompts ({len(edited_prompts)}) and seeds ({len(seeds)}) differ in length")
+
+
+def build_mapper(loaded: LoadedPipeline, prompts: Sequence[str], edited_prompts: Sequence[str]) -> Any:
+    import torch
+
+    tok = loaded.pipe.tokenizer
+    ids = lambda texts: tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids  # noqa: E731
+    rows = [token_mapper(a, b, tok.eos_token_id) for a, b in zip(ids(prompts), ids(edited_prompts))]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def generate_pairs(
+    loaded: LoadedPipeline, prompts: list[str], edited_prompts: list[str], seeds: list[int], steps: int = 50,
+    guidance: float = 7.5, self_replace_fraction: float = 0.4, cross_replace_fraction: float = 1.0,
+    size: int | None = None, batch_pairs: int = DEFAULT_BATCH_PAIRS, attention_control: bool = True,
+    self_replace_max_tokens: int = SELF_REPLACE_MAX_TOKENS, progress: Any = None,
+) -> list[tuple[Any, Any]]:
+    """(source, edited) PIL images per pair, `batch_pairs` pairs per UNet call.
+
+    `attention_control=False` makes the same two images from the shared latent without the
+    processor (what Prompt-to-Prompt is compared with). `progress`, if given, is called with the
+    number of pairs done after each batch."""
+    import torch
+
+    if loaded.kind not in P2P_KINDS:
+        raise ConfigError(f"neg_image.pipeline: {loaded.id} is a {loaded.kind} pipeline; prompt-to-prompt needs {' or '.join(P2P_KINDS)}")
+    _check_pairs(prompts, edited_prompts, seeds)
+    size = size or default_size(loaded)
+    pipe, unet = loaded.pipe, loaded.pipe.unet
+    num_layers = count_attention_layers(unet)
+    original = unet.attn_processors
+    out: list[tuple[Any, Any]] = []
+    try:
+        for start in range(0, len(prompts), batch_pairs):
+            src = list(prompts[start : start + batch_pairs])
+            tgt = list(edited_prompts[start : start + batch_pairs])
+            latent = initial_latents(loaded, seeds[start : start + batch_pairs], size, size)
+            if attention_control:
+                unet.set_attn_processor(Prompt2PromptProcessor(
+                    pairs=len(src), num_layers=num_layers, self_replace_steps=int(self_replace_fraction * steps),
+                    cross_replace_steps=int(cross_replace_fraction * steps), mapper=build_mapper(loaded, src, tgt),
+                    self_replace_max_tokens=self_replace_max_tokens,
+                ))
+            with torch.inference_mode():
+                images = pipe(
+                    prompt=src + tgt, latents=torch.cat([latent, latent]), num_inference_steps=steps,
+                    guidance_scale=guidance, height=size, width=size, output_type="pil",
+                ).images
+            out.extend(zip(images[: len(src)], images[len(src) :]))
+            if progress is not None:
+                progress(len(out))
+    finally:
+        unet.set_attn_processor(dict(original))
+    return out
