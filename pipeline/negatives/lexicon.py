@@ -45,7 +45,8 @@ OBJECTS: dict[str, tuple[str, ...]] = {
         "airplane", "helicopter", "boat", "ship", "rocket", "tram",
     ),
     "shape": ("circle", "square", "triangle", "diamond", "heart", "star"),
-    "body": ("hand", "foot", "ear", "nose", "eye", "mouth", "leg", "arm"),
+    # WordNet's siblings of body parts read badly ("face" -> "breast"), so body parts come only from here.
+    "body": ("hand", "foot", "ear", "nose", "eye", "mouth", "leg", "arm", "face", "head"),
     "clothing": ("hat", "shirt", "dress", "coat", "shoe", "boot", "glove", "scarf", "sock"),
     "instrument": ("guitar", "violin", "trumpet", "drum", "piano", "saxophone", "banjo"),
     "building": ("house", "castle", "church", "school", "hospital", "hotel", "office", "factory", "stadium"),
@@ -85,6 +86,29 @@ ATTRIBUTES_FOR: dict[str, tuple[str, ...]] = {
     "noun.body": ("colour", "size"),
     "noun.shape": ("colour", "size"),
 }
+
+
+# The attribute kinds encoders are known to miss, each a closed set of words that exclude each
+# other in an image: a red heart is not a blue heart. `(word, alternatives)`; the swap keeps the
+# word's number (men -> women) because each plural maps to plurals.
+COLOURS: tuple[str, ...] = ATTRIBUTES["colour"]
+COUNTS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+COUNT_INVARIANT: frozenset[str] = frozenset({"oclock", "o'clock"})  # nouns a count leaves as they are (one oclock, two oclock)
+GENDER: dict[str, tuple[str, ...]] = {
+    a: (b,) for x, y in (
+        ("man", "woman"), ("men", "women"), ("boy", "girl"), ("boys", "girls"), ("male", "female"),
+        ("father", "mother"), ("king", "queen"), ("prince", "princess"), ("brother", "sister"),
+        ("son", "daughter"), ("husband", "wife"), ("gentleman", "lady"),
+    ) for a, b in ((x, y), (y, x))
+}
+AGE: dict[str, tuple[str, ...]] = {
+    "old": ("young",), "young": ("old",), "older": ("younger",), "younger": ("older",),
+    "man": ("boy",), "boy": ("man",), "woman": ("girl",), "girl": ("woman",),
+    "men": ("boys",), "boys": ("men",), "women": ("girls",), "girls": ("women",),
+    "adult": ("child", "baby"), "child": ("adult", "baby"), "baby": ("child", "adult"),
+}
+# Unicode's skin tone modifiers as emoji names write them ("waving hand: medium-dark skin tone").
+SKIN_TONES: tuple[str, ...] = ("light", "medium-light", "medium", "medium-dark", "dark")
 
 
 def index(groups: dict[str, tuple[str, ...]]) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Text hard negatives: fluent captions that differ from the positive in one minimal, explained way.
 
-Kinds (SugarCrepe's seven, then NegCLIP's four word-order shuffles):
+Kinds (SugarCrepe's seven, NegCLIP's four word-order shuffles, then five attribute kinds):
 
 - replace_object / replace_attribute / replace_relation: one noun, adjective, or verb/preposition
   is replaced by a co-hyponym (a colour by a colour, an animal by an animal). The curated groups
@@ -11,6 +11,19 @@ Kinds (SugarCrepe's seven, then NegCLIP's four word-order shuffles):
   already there. add_attribute: an adjective suited to the noun (mood for a person, colour for an
   artifact) before a noun that has none.
 - shuffle_nouns_adjectives, shuffle_other_words, shuffle_trigrams, shuffle_within_trigrams.
+- attribute kinds encoders are known to miss, each a closed set of pipeline/lexicon.py:
+  replace_colour (red heart -> blue heart), replace_count (two hearts -> three hearts; one eye
+  -> two eyes moves the noun's number), replace_gender (man cook -> woman cook), replace_age
+  (older woman -> younger woman, man -> boy), replace_skin_tone ("waving hand: dark skin tone"
+  -> "...: light skin tone", the modifier phrase as Unicode names write it).
+
+Where edits read badly, the cause is fixed where the word is chosen: a WordNet noun takes the
+visual sense that bears its own name (WordNet's first sense of "skunk" is a person, whose
+siblings are "pharisee"); body parts come only from the curated group and are never added as
+objects ("pig face and a breast"); a curated noun tagged as a base-form verb is no relation
+("and hand over mouth" -> "exchange"); no edit touches part of a hyphenated word
+("left-pointing magnifying glass" -> "magnifying-pointing left glass"); an added object goes
+after a noun phrase only where the phrase ends ("clock face twelve-thirty").
 
 Each kind yields candidates in an order drawn from (seed, sample_id, kind). Every candidate is
 checked, the first valid one is kept, and each rejected one is counted by reason:
@@ -19,6 +32,8 @@ checked, the first valid one is kept, and each rejected one is counted by reason
 - synonym / hypernym / hyponym: WordNet relates the new word to the old one;
 - already_in_caption: the new word is already in the caption;
 - repetition: the same word twice in a row;
+- disfluent: a WordNet word that the negative's own parse does not read as the part of speech
+  it was chosen as (a noun that became a verb or an adverb);
 - keeps_meaning: swapping conjuncts ("cat and dog");
 - no_parse: nothing to edit was found.
 
@@ -27,7 +42,7 @@ A caption with nothing to edit for a kind counts as `<kind>:no_candidate`.
 Row columns: the edit as character spans of the positive (one span, or two for a swap) with the
 replaced and new text, so that `negative == caption[:s] + to + caption[e:]`. Also the generator
 (`foil.<source>@<version>`) and the checks it passed: `differs_from_positive` and
-`no_repetition` always, `not_synonym`/`not_hypernym`/`not_hyponym` where a word was replaced by
+`no_repetition` always, `fluent` for WordNet words, `not_synonym`/`not_hypernym`/`not_hyponym` where a word was replaced by
 (or added beside) another that WordNet knows, `not_in_caption` where a new word came in, then how
 the candidate was made (`same_group:...`, `swapped:...`, `added:...`, the shuffle's kind).
 """
@@ -46,13 +61,22 @@ from pipeline.negatives import lexicon as L
 from pipeline.core import schema as S
 from pipeline.core.stage import ConfigError, Stage, register
 
-VERSION = 2
+VERSION = 3  # 3: word senses named by the word, no hyphenated or body-part edits, the fluency check, attribute kinds
 REPLACE_KINDS = ("replace_object", "replace_attribute", "replace_relation")
 SWAP_KINDS = ("swap_object", "swap_attribute")
 ADD_KINDS = ("add_object", "add_attribute")
 SHUFFLE_KINDS = ("shuffle_nouns_adjectives", "shuffle_other_words", "shuffle_trigrams", "shuffle_within_trigrams")
+# Attribute kinds encoders are known to miss: kind -> (lexicon table word -> alternatives, group name).
+ATTRIBUTE_TABLES: dict[str, tuple[dict[str, tuple[str, ...]], str]] = {
+    "replace_colour": ({w: tuple(x for x in L.COLOURS if x != w) for w in L.COLOURS}, "colour"),
+    "replace_count": ({w: tuple(x for x in L.COUNTS if x != w) for w in L.COUNTS}, "count"),
+    "replace_gender": (L.GENDER, "gender"),
+    "replace_age": (L.AGE, "age"),
+}
+SKIN_TONE_KIND = "replace_skin_tone"
+ATTRIBUTE_KINDS = tuple(ATTRIBUTE_TABLES) + (SKIN_TONE_KIND,)
 SUGARCREPE_KINDS = REPLACE_KINDS + SWAP_KINDS + ADD_KINDS
-KINDS = SUGARCREPE_KINDS + SHUFFLE_KINDS
+KINDS = SUGARCREPE_KINDS + SHUFFLE_KINDS + ATTRIBUTE_KINDS
 # SugarCrepe's file names for its kinds (replace_att.json, ...).
 SUGARCREPE_NAMES = {
     "replace_object": "replace_obj", "replace_attribute": "replace_att", "replace_relation": "replace_rel",
@@ -66,6 +90,12 @@ _RELATION_OF = L.index(L.RELATIONS)
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _CONTENT_POS = {"NOUN", "PROPN", "ADJ", "VERB", "ADV", "NUM"}
 _VISUAL_LEXNAMES = frozenset(L.ATTRIBUTES_FOR)  # kinds of nouns one can see (WordNet files)
+# WordNet's siblings of a body part are body parts that read badly in a caption ("face" ->
+# "breast"), so body parts come from the curated group only, and are never added as objects.
+_WORDNET_OBJECT_LEXNAMES = _VISUAL_LEXNAMES - {"noun.body"}
+_SKIN_TONE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, L.SKIN_TONES), key=len, reverse=True)) + r")(?= skin tones?\b)", re.IGNORECASE)
+# Coarse parts of speech a new word may take in the negative's own parse (the fluency check).
+_FLUENT_POS = {"n": {"NOUN", "PROPN"}, "a": {"ADJ", "VERB", "NOUN"}, "v": {"VERB", "AUX"}}
 
 
 def words(text: str) -> list[str]:
@@ -116,6 +146,14 @@ def parse_form(caption: str) -> str:
     return text
 
 
+def _hyphenated(tok: Any) -> bool:
+    """Part of a hyphenated word ("left" in "left-pointing"): editing it alone breaks the word."""
+    doc = tok.doc
+    before = tok.i > 0 and doc[tok.i - 1].text == "-" and not doc[tok.i - 1].whitespace_
+    after = tok.i + 1 < len(doc) and doc[tok.i + 1].text == "-" and not tok.whitespace_
+    return bool(before or after or "-" in tok.text)
+
+
 def _orig(tok: Any) -> str:
     """The token as written in the caption (the parse may have lowered it)."""
     return tok.doc.user_data["caption"][tok.idx:tok.idx + len(tok.text)]
@@ -149,8 +187,35 @@ class Generator:
         group = _OBJECT_OF.get(lemma)
         if group:
             return [(w, f"lexicon:{group}") for w in L.OBJECTS[group] if w != lemma]
-        alts = self.en.cohyponyms(lemma, "n", 0, _VISUAL_LEXNAMES)
-        return [(w, f"wordnet:{lex}") for w, lex in alts if self.en.lexname(w, "n") == lex]
+        sense = self._headword_sense(lemma)
+        if sense is None:
+            return []
+        lex = sense.lexname()
+        related = self.en.related(lemma, "n")
+        banned = {lemma} | related["synonym"] | related["hypernym"] | related["hyponym"]
+        found: dict[str, None] = {}
+        for parent in sense.hypernyms():
+            for sibling in parent.hyponyms():
+                if sibling == sense or sibling.lexname() != lex:
+                    continue
+                for name in (lem.name() for lem in sibling.lemmas()):
+                    if name.isalpha() and name.islower() and name not in banned:
+                        # the sibling's own word must mean that kind too ("head" is no alternative to "dog")
+                        own = self._headword_sense(name)
+                        if own is not None and own.lexname() == lex:
+                            found.setdefault(name)
+                        break
+        return [(w, f"wordnet:{lex}") for w in sorted(found)]
+
+    def _headword_sense(self, lemma: str) -> Any:
+        """The first visual sense that bears the word's own name. WordNet's first sense of
+        "skunk" is a person ("rotter", where skunk is a secondary name), whose siblings are
+        "pharisee" and worse; the sense named skunk is the animal. None when no visual sense is
+        named by the word: its siblings would be those of a wrong sense."""
+        for syn in self.en.wn.synsets(lemma, "n"):
+            if syn.name().split(".")[0].lower() == lemma and syn.lexname() in _WORDNET_OBJECT_LEXNAMES:
+                return syn
+        return None
 
     def _alternatives(self, token: Any, role: str) -> list[tuple[str, str]]:
         """(new word in the token's form, source:group) for a noun/adjective/relation token."""
@@ -194,7 +259,7 @@ class Generator:
 
     def _replace(self, doc: Any, role: str, rng: random.Random) -> Iterator[Candidate]:
         phrases, covered = self._relation_phrases(doc, rng) if role == "relation" else ([], set())
-        tokens = [t for t in doc if t.is_alpha and _role(t) == role and t.i not in covered]
+        tokens = [t for t in doc if t.is_alpha and _role(t) == role and t.i not in covered and not _hyphenated(t)]
         rng.shuffle(tokens)
         if phrases and (not tokens or rng.random() < 0.5):  # phrase or single words first, by the seed
             yield from phrases
@@ -212,7 +277,7 @@ class Generator:
         yield from phrases
 
     def _swap(self, doc: Any, role: str, rng: random.Random) -> Iterator[Candidate]:
-        tokens = [t for t in doc if t.is_alpha and _role(t) == role]
+        tokens = [t for t in doc if t.is_alpha and _role(t) == role and not _hyphenated(t)]
         pairs = [(a, b) for i, a in enumerate(tokens) for b in tokens[i + 1:] if a.lower_ != b.lower_]
         if role == "attribute":
             pairs = [(a, b) for a, b in pairs if a.head.i != b.head.i]  # adjectives of two different nouns
@@ -228,11 +293,17 @@ class Generator:
         chunks = [c for c in doc.noun_chunks if c.root.is_alpha and _role(c.root) == "object"]
         if not chunks:
             return
-        end = chunks[-1].end_char  # after the last noun phrase the sentence stays grammatical
-        heads = [t for t in doc if t.is_alpha and _role(t) == "object"]
+        # After the last noun phrase the sentence stays grammatical, unless the phrase runs on
+        # ("clock face twelve-thirty"): then after the last word, not inside the name.
+        end = chunks[-1].end_char
+        rest = [t for t in doc if t.idx >= end and not t.is_punct and not t.is_space]
+        if rest and rest[0].pos_ not in ("ADP", "VERB", "AUX", "CCONJ", "SCONJ", "ADV", "PRON", "DET"):
+            end = rest[-1].idx + len(rest[-1].text)
+        heads = [t for t in doc if t.is_alpha and _role(t) == "object" and not _hyphenated(t)]
         rng.shuffle(heads)
         for head in heads:
-            alts = self.object_alternatives(self.en.lemma(head))
+            # A body part alone is no new object in the scene ("pig face and a breast").
+            alts = [(w, g) for w, g in self.object_alternatives(self.en.lemma(head)) if g not in ("lexicon:body", "wordnet:noun.body")]
             rng.shuffle(alts)
             for new, group in alts:
                 yield Candidate([(end, end, f" and {_article(new)} {new}")], group.split(":")[0], [f"added:{group}"], old=self.en.lemma(head), new=new, pos="n")
@@ -245,7 +316,7 @@ class Generator:
 
         nouns = [
             t for t in doc
-            if t.is_alpha and _role(t) == "object"
+            if t.is_alpha and _role(t) == "object" and not _hyphenated(t)
             and not any(c.dep_ == "amod" for c in t.children) and not any(m.dep_ == "amod" for m in premodifiers(t))
         ]
         rng.shuffle(nouns)
@@ -293,7 +364,44 @@ class Generator:
                     parts += inner
             yield Candidate([(start, end, " ".join(parts))], "shuffle", [kind])
 
+    def _replace_attribute_word(self, doc: Any, kind: str, rng: random.Random) -> Iterator[Candidate]:
+        """A colour, count, gender or age word replaced by another of its closed set. A count
+        moving between one and more also moves its noun's number (one eye -> two eyes)."""
+        table, group = ATTRIBUTE_TABLES[kind]
+        tokens = [t for t in doc if t.is_alpha and t.lower_ in table and not _hyphenated(t)]
+        rng.shuffle(tokens)
+        for tok in tokens:
+            alts = list(table[tok.lower_])
+            rng.shuffle(alts)
+            for new in alts:
+                spans = [_replacement_span(doc, tok, new)]
+                head = tok.head if tok.dep_ == "nummod" and tok.head.pos_ == "NOUN" and not _hyphenated(tok.head) else None
+                if kind == "replace_count" and head is not None and head.lower_ not in L.COUNT_INVARIANT and (tok.lower_ == "one") != (new == "one"):
+                    form = self.en.inflect(self.en.lemma(head), "NN" if new == "one" else "NNS")
+                    spans.append((head.idx, head.idx + len(head.text), _match_case(_orig(head), form)))
+                # WordNet relates ages by design (a girl is a young woman, a boy a young man), yet
+                # the images differ, so the closed set, not WordNet, decides; counts are not in WordNet.
+                pos = "" if kind in ("replace_count", "replace_age") else ("a" if tok.pos_ == "ADJ" else "n")
+                lemma_old = tok.lower_ if pos != "n" else self.en.lemma(tok)
+                yield Candidate(spans, "lexicon", [f"same_group:lexicon:{group}"], old=lemma_old if pos else "", new=new, pos=pos)
+
+    def _replace_skin_tone(self, caption: str, rng: random.Random) -> Iterator[Candidate]:
+        """"X: dark skin tone" -> "X: light skin tone": the modifier phrase, found in the text
+        (the tones are hyphenated, which the parser splits)."""
+        matches = list(_SKIN_TONE.finditer(caption))
+        rng.shuffle(matches)
+        for m in matches:
+            alts = [t for t in L.SKIN_TONES if t != m.group(1).lower()]
+            rng.shuffle(alts)
+            for tone in alts:
+                # No `new`: another phrase of the caption may already name this tone (a couple's two skin tones).
+                yield Candidate([(m.start(1), m.end(1), _match_case(m.group(1), tone))], "lexicon", ["same_group:lexicon:skin_tone"])
+
     def candidates(self, doc: Any, kind: str, rng: random.Random) -> Iterator[Candidate]:
+        if kind in ATTRIBUTE_TABLES:
+            return self._replace_attribute_word(doc, kind, rng)
+        if kind == SKIN_TONE_KIND:
+            return self._replace_skin_tone(doc.user_data["caption"], rng)
         if kind in REPLACE_KINDS:
             return self._replace(doc, kind.split("_")[1], rng)
         if kind in SWAP_KINDS:
@@ -330,7 +438,22 @@ class Generator:
         if any(a == b for a, b in zip(neg_words, neg_words[1:])) and not any(a == b for a, b in zip(words(caption), words(caption)[1:])):
             return "repetition", negative, passed
         passed.append("no_repetition")
+        if cand.source == "wordnet" and cand.new and cand.pos in _FLUENT_POS:
+            if not self.fluent(negative, cand):
+                return "disfluent", negative, passed
+            passed.append("fluent")
         return None, negative, passed
+
+    def fluent(self, negative: str, cand: Candidate) -> bool:
+        """The negative parsed anew reads the new word as the part of speech it was chosen as
+        (a noun stays a noun). WordNet's words come with senses and parts of speech the caption
+        may not have ("hand" -> "exchange" as a verb, in "and hand over mouth"); the curated
+        lexicon's do not need the check."""
+        start = sorted(cand.spans)[0][0]
+        doc = self.en.nlp(parse_form(negative))
+        new = cand.new.split()[-1].lower()
+        toks = [t for t in doc if t.idx >= start and t.lower_ == new] or [t for t in doc if t.lower_ == new]
+        return bool(toks) and toks[0].pos_ in _FLUENT_POS[cand.pos]
 
 
 def _role(token: Any) -> str | None:
@@ -341,6 +464,10 @@ def _role(token: Any) -> str | None:
     if token.pos_ == "ADP" and token.lower_ in _RELATION_OF:
         return "relation"
     if token.pos_ == "VERB":
+        # A curated noun in a verb's base form is most often a mis-tagged noun ("and hand over
+        # mouth"), whose verb siblings ("exchange") make no sense there.
+        if token.tag_ in ("VB", "VBP") and token.lower_ in _OBJECT_OF:
+            return None
         return "relation"
     return None
 
