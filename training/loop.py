@@ -27,6 +27,9 @@ class LoopConfig:
     warmup_steps: int = 10
     grad_accum: int = 1
     use_negatives: bool = True
+    # Encode the batches' negative images too (TripletCLIP's pairs, see training/losses.py).
+    # The caller turns it on only when the data has some: it costs a second image batch per step.
+    use_negative_images: bool = False
     bf16: bool = False  # autocast to bfloat16 (GPU)
     log_every: int = 10
     checkpoint_every: int | None = None  # None: `on_checkpoint` only at the last step
@@ -83,15 +86,23 @@ def train_loop(
             break
         images = normalize(batch["image"].to(device, non_blocking=True))  # [B, 3, H, W]
         texts = batch["text"].to(device)  # [B, ctx]
+        b = images.shape[0]
+        with_images = cfg.use_negatives and cfg.use_negative_images
+        if with_images:
+            # one forward over [I; I_neg], so the negative images go through DDP's forward too
+            images = torch.cat([images, normalize(batch["negative_image"].to(device, non_blocking=True))])  # [2B, 3, H, W]
         with autocast:
             out = model(image=images, text=texts)  # image_features, text_features, logit_scale
+            if with_images:
+                out["image_features"], out["negative_image_features"] = out["image_features"][:b], out["image_features"][b:]  # [B, D] each
+                out["has_negative_image"] = batch["has_negative_image"].to(device)
             if cfg.use_negatives:
                 out["negative_text_features"] = model.encode_text(batch["negative_text"].to(device), normalize=True)
                 out["has_negative"] = batch["has_negative"].to(device)
             losses = loss_fn(**out)
         (losses["loss"] / cfg.grad_accum).backward()
         micro += 1
-        seen += images.shape[0]
+        seen += b
         if micro % cfg.grad_accum:
             continue
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -28,6 +28,8 @@ def _train_table(emoji_dir: Path, items) -> pa.Table:
         rows[S.NEG_KIND].append("replace_object" if i % 2 else None)
         rows[S.SPLIT].append("eval" if i % 5 == 0 else "train")
         rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+        # every third row has a negative image (the next emoji): the Ray path encodes and masks them
+        rows[S.NEG_IMAGE_COL].append((emoji_dir / "img/google/64" / items[(i + 1) % len(items)].image).read_bytes() if i % 3 == 0 else None)
     return pa.table(rows, schema=S.TRAIN_SCHEMA)
 
 
@@ -41,6 +43,9 @@ def test_two_worker_training_records_run_curve_and_eval(tmp_path, emoji_dir, few
     # log_every does not divide checkpoint_every: checkpoints still come every 2 steps
     cfg = TrainConfig.from_dict({"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 3, "warmup_steps": 1})
     # a URI, as for object storage: checkpoints and the curve go through Ray's and fsspec's filesystems
+    from training.ray_train import negative_image_rows
+
+    assert negative_image_rows(train.shard_uris()) == 14  # rows 0, 3, ..., 18 of each shard: encoded, the rest masked
     run_id, result = jobs.train(ds, cfg, f"file://{tmp_path / 'ckpt'}", workers=2)
     assert result.steps == 4
     assert Path(result.model_weights).is_file() and "checkpoint_step_0000004" in result.model_weights

@@ -50,7 +50,7 @@ def test_submit_training_streams_logs_and_succeeds(tmp_path, ray_head, emoji_dir
     rows = {name: [] for name in S.TRAIN_SCHEMA.names}
     for i, it in enumerate(few_emoji[:16]):
         for col, value in ((S.SAMPLE_ID, f"{i:016x}"), (S.CAPTION, it.caption), (S.NEG_CAPTION, None), (S.NEG_KIND, None), (S.SPLIT, "train"),
-                           (S.IMAGE, (emoji_dir / "img/google/64" / it.image).read_bytes())):
+                           (S.IMAGE, (emoji_dir / "img/google/64" / it.image).read_bytes()), (S.NEG_IMAGE_COL, None)):
             rows[col].append(value)
     ds = Dataset(tmp_path / "ds")
     ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))

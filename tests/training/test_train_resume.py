@@ -48,6 +48,7 @@ def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_di
         rows[S.NEG_KIND].append(None)
         rows[S.SPLIT].append("train")
         rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+        rows[S.NEG_IMAGE_COL].append(None)
     ds = Dataset(tmp_path / "ds")
     ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
     ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])

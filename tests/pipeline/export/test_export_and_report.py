@@ -25,6 +25,11 @@ def test_export_keeps_rows_with_images_and_counts_the_rest():
             S.NEG_CAPTION: ["x", None, "z"],
             S.NEG_KIND: ["replace_object", None, "replace_attribute"],
             S.IMAGE: [b"img", b"img", None],
+            S.NEG_IMAGE_METHOD: [None, None, None],
+            S.NEG_IMAGE_SHARD: [None, None, None],
+            S.PAIR_ID: [None, None, None],
+            S.PAIR_SIDE: [None, None, None],
+            S.PAIR_SHARD: [None, None, None],
         }
     )
     stage = ExportStage(eval_percent=10)
@@ -34,6 +39,7 @@ def test_export_keeps_rows_with_images_and_counts_the_rest():
     assert out[S.SPLIT].to_pylist() == ["eval", "train"]  # 0x00000001 % 100 < 10; 0xffffffff % 100 = 95
     assert stage.stats.dropped == {"no_image": 1}
     assert stage.stats.counts["rows_without_negative"] == 1
+    assert stage.stats.counts["negative_image:none"] == 2
 
 
 def test_summary_markdown_has_a_section_per_entry():
@@ -56,6 +62,7 @@ def test_webdataset_tars_read_back_with_the_webdataset_package(tmp_path, emoji_d
         rows[S.NEG_KIND].append("replace_object" if i % 2 else None)
         rows[S.SPLIT].append("eval" if i == 0 else "train")
         rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
+        rows[S.NEG_IMAGE_COL].append((emoji_dir / "img/google/64" / few_emoji[i + 1].image).read_bytes() if i % 2 else None)
     ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
     ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])
 
@@ -68,5 +75,6 @@ def test_webdataset_tars_read_back_with_the_webdataset_package(tmp_path, emoji_d
     assert first["txt"].decode() == rows[S.CAPTION][1]
     assert first["neg.txt"].decode() == rows[S.NEG_CAPTION][1]
     assert "neg.txt" not in samples[1]  # no negative for that row
+    assert first["neg.png"] == rows[S.NEG_IMAGE_COL][1] and "neg.png" not in samples[1]
     assert json.loads(first["json"]) == {"sample_id": rows[S.SAMPLE_ID][1], "negative_kind": "replace_object", "split": "train"}
     assert not [p for p in (tmp_path / "ds" / "train_wds" / "train").iterdir() if p.name.startswith(".")]
