@@ -41,23 +41,29 @@ def emoji_sample_dir(cache_dir: Path | None = None) -> Path:
 
 def fetch_emoji_sample(cache_dir: Path | None = None) -> Path:
     """Return the unpacked sample folder, downloading it with `npm pack` if it is not cached."""
-    target = emoji_sample_dir(cache_dir)
-    if (target / "emoji.json").exists() and (target / IMAGE_SUBDIR).is_dir():
+    return fetch_npm_images(EMOJI_PACKAGE, EMOJI_VERSION, IMAGE_SUBDIR, emoji_sample_dir(cache_dir))
+
+
+def fetch_npm_images(package: str, version: str, image_subdir: str, target: Path) -> Path:
+    """Unpack `emoji.json`, `LICENSE` and the PNGs under `image_subdir` of an npm emoji-datasource
+    package into `target` with `npm pack`, unless they are there already (the held-out Twemoji
+    set is fetched the same way as the sample)."""
+    if (target / "emoji.json").exists() and (target / image_subdir).is_dir():
         return target
     npm = shutil.which("npm")
     if npm is None:
-        raise ConfigError("npm is needed once to fetch the emoji sample (apt-get install npm), or pass --sample-dir")
+        raise ConfigError(f"npm is needed once to fetch {package} (apt-get install npm), or pass --sample-dir")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         proc = subprocess.run(
-            [npm, "pack", f"{EMOJI_PACKAGE}@{EMOJI_VERSION}", "--silent"], cwd=tmp, capture_output=True, text=True
+            [npm, "pack", f"{package}@{version}", "--silent"], cwd=tmp, capture_output=True, text=True
         )
         if proc.returncode != 0:
-            raise ConfigError(f"npm pack {EMOJI_PACKAGE}@{EMOJI_VERSION} failed: {proc.stderr.strip()[-300:]}")
+            raise ConfigError(f"npm pack {package}@{version} failed: {proc.stderr.strip()[-300:]}")
         tarball = next(Path(tmp).glob("*.tgz"))
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarball) as tar:
-            members = [m for m in tar.getmembers() if m.name in ("package/emoji.json", "package/LICENSE") or m.name.startswith(f"package/{IMAGE_SUBDIR}/")]
+            members = [m for m in tar.getmembers() if m.name in ("package/emoji.json", "package/LICENSE") or m.name.startswith(f"package/{image_subdir}/")]
             tar.extractall(unpacked, members=members, filter="data")
         os.replace(unpacked / "package", target)  # atomic: a half-unpacked sample is never seen
     return target

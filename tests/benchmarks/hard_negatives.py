@@ -1,19 +1,25 @@
-"""Do hard negatives help? Two trainings on the emoji sample at equal steps, with and without.
+"""Do hard negatives help? Three trainings at equal steps and seed, scored on a held-out style.
 
-Builds the dataset the way `foil demo` does (crawl from a local server, score, curate, text
-negatives, export), then trains `foil-tiny-vit` twice through Ray Train with the same seed,
-data and steps, once with the hard-negative loss and once with plain CLIP, and evaluates both on
-the held-out split: hard-negative accuracy (overall and per kind) and retrieval R@1.
+`foil-tiny-vit` is trained on the demo's dataset (Noto emoji) three times with the same seed,
+data and steps: plain CLIP loss; text hard negatives; text negatives plus mined negative images.
+Each is scored on the Twemoji minimal pairs of `foil heldout-pairs` (a drawing style it never
+saw): pair accuracy (the mean of the four comparisons, chance 50%) overall and per kind, and
+retrieval R@1 over every Twemoji concept. The runs are tests/benchmarks/experiment.py's (one
+place for the arms, the training and the scoring); `make experiment` runs them with 3 seeds and
+both models.
 
-    .venv/bin/python tests/benchmarks/hard_negatives.py [--steps 200]
+    .venv/bin/python tests/benchmarks/hard_negatives.py [--steps 400] [--seed 0] [--dataset foil-demo]
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling experiment module, run as a script
+
+import experiment  # noqa: E402
 
 
 def main() -> None:
@@ -21,48 +27,28 @@ def main() -> None:
 
     apply_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=experiment.MODELS["foil-tiny-vit"].steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "foil" / "experiment"), help="data and finished runs (reused)")
+    parser.add_argument("--dataset", help="a dataset built by `foil demo` (default: built under --work)")
     args = parser.parse_args()
-
-    from pipeline import steps
-    from flows.recipe import load_recipe
-    from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
-    from pipeline.core.store import Dataset
-    from training import jobs
-    from training.ray_train import TrainConfig
-
-    sample = fetch_emoji_sample()
-    work = Path(tempfile.mkdtemp(prefix="foil-bench-hardneg-"))
-    try:
-        ds = Dataset(work / "ds")
-        recipe = load_recipe(None)
-        recipe.runner_kind = "local"
-        runner = recipe.runner(progress=False)
-        with ImageServer(sample) as server:
-            urls = write_url_list(emoji_items(sample), server.url, work / "urls.parquet")
-            steps.crawl(ds, [str(urls)], recipe.crawl_params, runner, **recipe.ingest)
-        steps.score(ds, runner)
-        steps.curate(ds, recipe.curate)
-        steps.negatives(ds, recipe.negatives, runner)
-        steps.export(ds, recipe.export, runner)
-
-        results = {}
-        for name, use_negatives in (("with-negatives", True), ("without-negatives", False)):
-            cfg = TrainConfig.from_dict({**recipe.train, "steps": args.steps, "batch_size": args.batch_size,
-                                         "checkpoint_every": args.steps, "use_negatives": use_negatives})
-            run_id, result = jobs.train(ds, cfg, str(work / "ckpt"), workers=1, name=name)
-            results[name] = jobs.evaluate(ds, result.model_weights, cfg.model, run_id)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    keys = sorted(k for k in results["with-negatives"] if k.startswith("hard_negative_accuracy") or k.endswith("R@1"))
-    print(f"foil-tiny-vit, {args.steps} steps, batch {args.batch_size}, same seed and data; eval split of the emoji sample")
-    print(f"{'metric':<45} {'with negatives':>15} {'without':>10}")
-    for key in keys:
-        print(f"{key:<45} {results['with-negatives'][key]:>15.4f} {results['without-negatives'][key]:>10.4f}")
-    gain = results["with-negatives"]["hard_negative_accuracy"] - results["without-negatives"]["hard_negative_accuracy"]
-    print(f"hard-negative accuracy gain: {gain:+.4f} (on {int(results['with-negatives']['hard_negative_rows'])} eval rows)")
+    arms = list(experiment.ARMS)
+    results = experiment.run_arms(Path(args.work), Path(args.dataset) if args.dataset else None, ["foil-tiny-vit"], arms, [args.seed], args.steps)
+    by_arm = {r["arm"]: r for r in results}
+    kinds = ["all", *sorted(k for k in results[0]["pairs"] if k != "all")]
+    print(f"foil-tiny-vit, {args.steps} steps, seed {args.seed}, same data; held-out Twemoji minimal pairs (pair accuracy, chance 50%)")
+    print(f"{'metric':<34}" + "".join(f"{arm:>14}" for arm in arms))
+    for kind in kinds:
+        n = int(results[0]["pairs"][kind]["pairs"])
+        print(f"{f'{kind} ({n} pairs)':<34}" + "".join(f"{by_arm[arm]['pairs'][kind]['pair_accuracy']:>14.4f}" for arm in arms))
+    for name in ("group_score", "text_score", "image_score"):
+        print(f"{'all: ' + name:<34}" + "".join(f"{by_arm[arm]['pairs']['all'][name]:>14.4f}" for arm in arms))
+    for name in ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5"):
+        print(f"{'retrieval ' + name:<34}" + "".join(f"{by_arm[arm]['retrieval'][name]:>14.4f}" for arm in arms))
+    print(f"{'seconds (train + eval)':<34}" + "".join(f"{by_arm[arm]['seconds']:>14.0f}" for arm in arms))
+    plain = by_arm["plain"]["pairs"]["all"]["pair_accuracy"]
+    for arm in arms[1:]:
+        print(f"{arm} over plain: {100 * (by_arm[arm]['pairs']['all']['pair_accuracy'] - plain):+.1f} points of pair accuracy")
 
 
 if __name__ == "__main__":
