@@ -7,6 +7,12 @@ from a worker. `LocalRunner` calls it in this process; `RayRunner` calls it as R
 skip shards that already have a completion marker (resume) and retry failed ones up to
 `retries` times, then record every shard's final status in the output table's manifest.
 
+`RayRunner` pays for Ray only when Ray pays back. It attaches to a running cluster when there
+is one (its `address`, `RAY_ADDRESS`, or a head started on this machine with `ray start
+--head`), so a user who starts Ray once pays its start-up once. Without one, work it can finish
+sooner than a new embedded cluster starts (at most `in_process_max_rows` input rows to do) runs
+in this process; a stage with nothing left to do starts nothing at all.
+
 This module is the only place in pipeline/ that imports Ray, and only inside `RayRunner`.
 """
 
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -31,6 +39,10 @@ from pipeline.core.store import Dataset, StoreError, Table
 
 
 STAGED_INPUT = "_input"  # inside the output table's folder: a view's rows, staged once per run
+# Starting an embedded Ray costs seconds (3-8 s on two cores, more under load) before a shard
+# runs; a crawl of a few thousand urls or a score of a few thousand images is done by then.
+IN_PROCESS_MAX_ROWS = 5_000
+RAY_ADDRESS_FILE = "ray_current_cluster"  # where `ray start --head` records its GCS address
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,14 @@ class RunReport:
         return d
 
 
+def _node() -> str:
+    """The Ray node this runs on (its id), or this host's name outside Ray."""
+    ray = sys.modules.get("ray")  # imported already inside a Ray worker; never imported here
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
 def run_shard(task: ShardTask, stage: Stage | None = None) -> ShardResult:
     """Run one stage over one input shard and commit the output shard. Never raises.
     `stage` is a reused instance (its counters are reset here); None builds a fresh one."""
@@ -97,8 +117,9 @@ def run_shard(task: ShardTask, stage: Stage | None = None) -> ShardResult:
             data = dataset.table(task.input_table).read_shard(task.shard, columns=stage.input_columns)
         batches = data.to_batches(max_chunksize=stage.batch_rows) if stage.batch_rows else data.combine_chunks().to_batches()
         out = pa.Table.from_batches(list(stage.run(iter(batches))), schema=stage.output_schema)
-        dataset.table(task.output_table).write_shard(task.shard, out, stats=stage.stats.as_dict())
-        return ShardResult(task.shard, "done", out.num_rows, stage.stats.as_dict(), seconds=time.perf_counter() - start)
+        stats = {**stage.stats.as_dict(), "node": _node()}  # where it ran, kept in the shard's marker
+        dataset.table(task.output_table).write_shard(task.shard, out, stats=stats)
+        return ShardResult(task.shard, "done", out.num_rows, stats, seconds=time.perf_counter() - start)
     except Exception as exc:  # reported back as a status; the caller decides on retries
         detail = traceback.format_exc(limit=4)
         return ShardResult(task.shard, "failed", error=f"{type(exc).__name__}: {exc}\n{detail}", seconds=time.perf_counter() - start)
@@ -188,7 +209,8 @@ class _Runner:
         target = dataset.table(output_table)
         _check_config(target, name, config, overwrite)
         removed = target.clean_tmp()
-        all_shards = sorted(source.finished_shards())
+        finished = source.finished_shards()
+        all_shards = sorted(finished)
         done = target.finished_shards()
         pending = [s for s in all_shards if s not in done]
         inputs = [input_view] if input_view else [input_table]
@@ -199,12 +221,13 @@ class _Runner:
             staged = f"{target.root}/{STAGED_INPUT}"
             Catalog(dataset).stage_view(input_view, resolved.input_columns, pending, staged)
         tasks = [ShardTask(stage, params, dataset.url, input_table, output_table, s, input_view, staged) for s in pending]
+        pending_rows = sum(finished[s].rows for s in pending)  # how much work: Ray or not (RayRunner)
         results: dict[str, ShardResult] = {}
         attempts = 0
         while tasks and attempts <= self.retries:
             attempts += 1
             desc = f"{name} (retry {attempts - 1})" if attempts > 1 else name
-            for result in self._execute(tasks, desc):
+            for result in self._execute(tasks, desc, pending_rows):
                 result.attempts = attempts
                 results[result.shard] = result
             tasks = [t for t in tasks if results[t.shard].status != "done"]
@@ -226,32 +249,49 @@ class _Runner:
         )
         return report
 
-    def _execute(self, tasks: list[ShardTask], desc: str):
+    def _execute(self, tasks: list[ShardTask], desc: str, rows: int):
+        """Run `tasks` (`rows` input rows in all), yielding one result per task."""
         raise NotImplementedError
+
+
+def _run_in_process(tasks: list[ShardTask], desc: str, progress: bool):
+    reuse = bool(tasks) and tasks[0].stage.reuse_instance
+    shared = build(tasks[0].stage, tasks[0].params) if reuse else None
+    for task in tqdm(tasks, desc=desc, unit="shard", disable=not progress):
+        yield run_shard(task, shared)
 
 
 class LocalRunner(_Runner):
     """Runs shards one after another in this process (tests, notebooks, small data)."""
 
-    def _execute(self, tasks: list[ShardTask], desc: str):
-        reuse = bool(tasks) and tasks[0].stage.reuse_instance
-        shared = build(tasks[0].stage, tasks[0].params) if reuse else None
-        for task in tqdm(tasks, desc=desc, unit="shard", disable=not self.progress):
-            yield run_shard(task, shared)
+    def _execute(self, tasks: list[ShardTask], desc: str, rows: int):
+        yield from _run_in_process(tasks, desc, self.progress)
 
 
 class RayRunner(_Runner):
-    """Runs shards as Ray tasks: an embedded local cluster by default, or `address`."""
+    """Runs shards as Ray tasks on a running cluster (`address`, `RAY_ADDRESS` or a local
+    `ray start --head`); without one, small work (at most `in_process_max_rows` input rows) in
+    this process and anything larger on a new embedded cluster."""
 
-    def __init__(self, address: str | None = None, num_cpus_per_shard: float = 1, retries: int = 2, progress: bool = True):
+    def __init__(
+        self, address: str | None = None, num_cpus_per_shard: float = 1, retries: int = 2, progress: bool = True,
+        in_process_max_rows: int = IN_PROCESS_MAX_ROWS,
+    ):
         super().__init__(retries=retries, progress=progress)
         self.address = address
         self.num_cpus_per_shard = num_cpus_per_shard
+        self.in_process_max_rows = in_process_max_rows
+        self.ran_in_process = False  # whether the last run skipped Ray (for callers and tests)
 
-    def _execute(self, tasks: list[ShardTask], desc: str):
+    def _execute(self, tasks: list[ShardTask], desc: str, rows: int):
+        attach = self.address or cluster_address()
+        self.ran_in_process = not ray_started() and attach is None and rows <= self.in_process_max_rows
+        if self.ran_in_process:
+            yield from _run_in_process(tasks, desc, self.progress)
+            return
         import ray
 
-        ensure_ray(self.address)
+        ensure_ray(attach)
         if tasks and tasks[0].stage.reuse_instance:
             yield from self._execute_on_actors(tasks, desc)
             return
@@ -310,11 +350,55 @@ class RayRunner(_Runner):
                     start(actor)
 
 
+def ray_started() -> bool:
+    """Whether this process is connected to Ray already (without importing Ray to find out)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _ray_temp_dir() -> str:
+    # Ray's own default (ray._common.utils.get_default_ray_temp_dir), found without importing Ray.
+    if "RAY_TMPDIR" in os.environ:
+        base = os.environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux"):
+        base = os.environ.get("TMPDIR", "/tmp")
+    else:
+        base = "/tmp" if sys.platform.startswith("darwin") else tempfile.gettempdir()
+    return os.path.join(base, "ray")
+
+
+def running_local_head(address_file: str | None = None) -> str | None:
+    """The GCS address (HOST:PORT) of the head that `ray start --head` recorded on this machine,
+    if it still accepts connections; None when none was recorded or it is gone (`ray stop`, a
+    reboot, a crash leave the file behind or remove it)."""
+    path = address_file or os.path.join(_ray_temp_dir(), RAY_ADDRESS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            address = f.read().strip()
+    except OSError:
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return address
+    except OSError:
+        return None
+
+
+def cluster_address() -> str | None:
+    """The running cluster this process should attach to: RAY_ADDRESS (set by the user, by
+    `foil --ray-address`, or by Ray inside a Ray Job), else a live local `ray start --head`."""
+    return os.environ.get("RAY_ADDRESS") or running_local_head()
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Start (or connect to) Ray once per process.
 
-    The local cluster is always a new one (`address="local"`: never a stale cluster that
-    `ray start` left recorded in /tmp/ray), with its dashboard (Ray's state API lives
+    It attaches to `address`, else to `cluster_address()` (RAY_ADDRESS, or a live head that
+    `ray start --head` recorded). Otherwise the local cluster is a new one (`address="local"`:
+    never a stale cluster left recorded in /tmp/ray), with its dashboard (Ray's state API lives
     there, and Ray Train's placement-group cleaner polls it) on a free port rather than 8265,
     which Prefect's temporary server may already hold.
     """
@@ -322,7 +406,7 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")  # set by Ray inside a Ray Job
+    address = address or cluster_address()
     if address:
         ray.init(address=address)
     else:

@@ -31,8 +31,11 @@ and `tdm-reservation: 1`) are counted by name in the stage's counts (`opt_out:no
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import io
+import os
 import re
 import threading
 import time
@@ -357,12 +360,25 @@ class CrawlStage(Stage):
         yield pa.RecordBatch.from_pydict(out, schema=S.CRAWLED_RAW_SCHEMA)
 
 
+@functools.cache
+def _img2dataset_resizer() -> type:
+    """img2dataset's `Resizer`, loaded from its own file. `import img2dataset.resizer` runs the
+    package's __init__, which imports its whole downloader (Ray, webdataset and through it
+    torch: seconds and a gigabyte) for one class that needs only cv2 and albumentations."""
+    package = importlib.util.find_spec("img2dataset")  # locates the package without running it
+    path = os.path.join(list(package.submodule_search_locations)[0], "resizer.py")
+    spec = importlib.util.spec_from_file_location("foil_img2dataset_resizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Resizer
+
+
 class _ShardCrawl:
     """One shard's fetches: a dispatcher (the calling thread) hands rows to a thread pool when
     their host has a free slot and its pace allows; workers report back under one condition."""
 
     def __init__(self, stage: CrawlStage, urls: list[str], rows: list[int]):
-        from img2dataset.resizer import Resizer
+        Resizer = _img2dataset_resizer()
 
         self.stage = stage
         self.limits = stage.per_host

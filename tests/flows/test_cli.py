@@ -126,3 +126,101 @@ def test_crawl_command_reports_rates_and_feeds_crawl_stats(tmp_path, emoji_serve
     assert report["ingest"]["rows"] == 13 and report["shards_total"] == 3
     rows = Catalog(Dataset(ds)).query("select status, error_kind, sum(rows) as n from crawl_stats group by all order by status").to_pylist()
     assert [(r["status"], r["error_kind"], int(r["n"])) for r in rows] == [("failed_to_download", "http_404", 1), ("success", None, 12)]
+
+
+# -- what each command pays for (issue 15) ----------------------------------------------------
+# Runs `foil ARGS...` in a fresh process and reports, on its last stderr line, which heavy
+# packages the command imported and whether it connected to Ray.
+MODULES_PROBE = """
+import json, sys
+from flows.cli import main
+rc = main(sys.argv[1:])
+ray = sys.modules.get("ray")
+print(json.dumps({"rc": rc, "ray_started": bool(ray and ray.is_initialized()),
+                  "modules": sorted(m for m in ("torch", "open_clip", "ray", "prefect") if m in sys.modules)}), file=sys.stderr)
+"""
+
+
+def foil_modules(*args: str, env: dict | None = None, timeout: int = 300) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = subprocess.run([sys.executable, "-c", MODULES_PROBE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.stderr.strip(), proc.stdout[-2000:]
+    return proc, json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def scored(tmp_path):
+    from pipeline.core.runners import LocalRunner
+    from pipeline.stages import stage_class
+    from tests.conftest import make_raw
+
+    ds = Dataset(tmp_path / "scored")
+    make_raw(ds, shards=2, rows=4)
+    LocalRunner(progress=False).run(stage_class("score"), {}, ds, S.RAW, S.SCORES)
+    Catalog(ds).refresh()
+    return ds
+
+
+def test_sql_curate_and_recipe_validation_import_no_torch(scored, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("curate: {min_width: 16, min_height: 16, min_caption_words: 1}\ntrain: {model: foil-tiny-vit-sigmoid, loss: siglip}\n")
+    proc, seen = foil_modules("curate", "--dataset", scored.root, "--recipe", str(recipe))
+    assert seen["rc"] == 0, proc.stderr[-2000:]
+    funnel = dict(line.split() for line in proc.stdout.splitlines())
+    assert sum(int(n) for n in funnel.values()) == 8  # every row kept or removed for a reason
+    assert seen["modules"] == [], seen  # no torch, open_clip, Ray or Prefect for a SQL re-threshold
+    proc, seen = foil_modules("sql", "--dataset", scored.root, "select count(*) as n from curated", "--format", "json")
+    assert seen["rc"] == 0 and json.loads(proc.stdout) == [{"n": int(funnel.get("kept", 0))}], proc.stderr[-2000:]
+    assert seen["modules"] == [], seen
+
+    validate = (
+        "import json, sys\n"
+        "from flows.recipe import builtin_recipes, load_recipe\n"
+        "names = builtin_recipes()\n"
+        "recipes = [load_recipe(n) for n in names]\n"
+        "print(json.dumps({'names': names, 'train': [r.train.get('model') for r in recipes],\n"
+        "                  'modules': sorted(m for m in ('torch', 'open_clip', 'ray', 'prefect') if m in sys.modules)}))\n"
+    )
+    out = json.loads(subprocess.run([sys.executable, "-c", validate], capture_output=True, text=True, check=True, timeout=300).stdout)
+    assert "demo" in out["names"] and "foil-tiny-vit" in out["train"]  # the train section was read and validated
+    assert out["modules"] == [], out
+
+
+def test_a_small_stage_and_a_no_op_stage_start_neither_ray_nor_prefect(tmp_path):
+    from tests.conftest import make_raw
+
+    ds = Dataset(tmp_path / "ds")
+    make_raw(ds, shards=2, rows=4)
+    # The default recipe's runner is Ray, but 8 rows are done before an embedded Ray would start.
+    proc, seen = foil_modules("score", "--dataset", ds.root)
+    assert seen["rc"] == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["stats"]["rows_out"] == 8
+    assert not seen["ray_started"] and seen["modules"] == [], seen
+    proc, seen = foil_modules("score", "--dataset", ds.root)  # nothing left to do
+    report = json.loads(proc.stdout)
+    assert seen["rc"] == 0 and report["shards_skipped"] == report["shards_total"] == 2 and report["results"] == []
+    assert not seen["ray_started"] and seen["modules"] == [], seen
+
+
+def test_prefect_runs_the_stages_only_when_asked(monkeypatch):
+    import argparse
+    import inspect
+
+    from flows.cli import _steps
+    from flows.commands import COMMANDS
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert _steps(argparse.Namespace(prefect=False)) is COMMANDS
+    asked = _steps(argparse.Namespace(prefect=True))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")  # a configured server means tracking
+    assert _steps(argparse.Namespace(prefect=False)) is asked
+    assert asked is not COMMANDS and set(asked) == set(COMMANDS)
+    for name, flow in asked.items():  # one argument list for both: the CLI calls either the same way
+        assert list(inspect.signature(flow.fn).parameters) == list(inspect.signature(COMMANDS[name]).parameters), name
+
+
+def test_stage_commands_take_prefect_and_ray_address_flags():
+    parser = build_parser()
+    for name in ("crawl", "score", "embed", "negatives", "export", "train"):
+        args = parser.parse_args([name, "--dataset", "d", "--prefect", "--ray-address", "127.0.0.1:6379", *(["--out", "o"] if name == "train" else [])])
+        assert args.prefect and args.ray_address == "127.0.0.1:6379"
+    assert parser.parse_args(["curate", "--dataset", "d"]).prefect is False

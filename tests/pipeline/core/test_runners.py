@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -173,3 +176,82 @@ def test_sigkill_in_the_middle_of_a_shard_write_leaves_nothing_visible(tmp_path)
     assert ds.table("big").clean_tmp() == 1
     ds.table("big").write_shard("part-00000", pa.table({"sample_id": ["a"], "image": [b"x"]}))
     assert _visible_parquet_is_whole(table_dir) == 1
+
+
+# -- Ray only when it pays (issue 15) ---------------------------------------------------------
+def test_running_local_head_needs_a_recorded_head_that_answers(tmp_path):
+    import socket
+
+    from pipeline.core.runners import running_local_head
+
+    record = tmp_path / "ray_current_cluster"
+    assert running_local_head(str(record)) is None  # nothing recorded
+    record.write_text("not an address\n")
+    assert running_local_head(str(record)) is None
+    with socket.socket() as listener:  # a port that answers, as a live GCS does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        record.write_text(address + "\n")
+        assert running_local_head(str(record)) == address
+    assert running_local_head(str(record)) is None  # recorded, but gone (a `ray stop` or a crash)
+
+
+ATTACH_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from pipeline.core.runners import RayRunner
+    from pipeline.core.store import Dataset
+    from pipeline.stages import stage_class
+    runner = RayRunner(progress=False)
+    report = runner.run(stage_class("score"), {}, Dataset(sys.argv[1]), "raw", "scores")
+    print(json.dumps({"rows": report.stats["rows_out"], "in_process": runner.ran_in_process,
+                      "gcs": ray.get_runtime_context().gcs_address}))
+    """
+)
+
+
+def test_a_runner_attaches_to_a_running_ray_head(tmp_path):
+    from pipeline.core.runners import RAY_ADDRESS_FILE, running_local_head
+    from tests.conftest import free_port
+
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    # its own temp dir (short: Ray's socket paths must fit in 107 characters), so no other
+    # process on this machine finds and attaches to this test's head
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp"))
+    head, address = None, None
+    try:
+        # Ray gives a starting node a fixed 30 s to register; on a loaded machine a start can miss
+        # that and exit, so a start is tried up to three times.
+        for _ in range(3):
+            port = free_port()
+            head = subprocess.Popen(
+                [ray_bin, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}", "--node-ip-address=127.0.0.1",
+                 "--num-cpus=1", "--include-dashboard=false", f"--dashboard-port={free_port()}", "--disable-usage-stats",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            deadline = time.time() + 120
+            while address is None and time.time() < deadline and head.poll() is None:
+                address = running_local_head(str(temp_dir / RAY_ADDRESS_FILE))  # what auto-detection reads
+                time.sleep(0.5)
+            if address is not None:
+                break
+            head.kill()
+            head.wait(timeout=60)
+        assert address is not None and address.endswith(f":{port}"), "ray start --head did not come up"
+        ds = Dataset(tmp_path / "ds")
+        make_raw(ds, shards=2, rows=3)
+        # 6 rows would run in-process; a running cluster is used all the same
+        proc = subprocess.run([sys.executable, "-c", ATTACH_PROBE, ds.root], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "RAY_ADDRESS": address})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out == {"rows": 6, "in_process": False, "gcs": address}
+    finally:
+        if head is not None and head.poll() is None:
+            head.terminate()  # --block: terminating it stops the cluster it started
+            head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
