@@ -67,7 +67,7 @@ def _metric_rows(run_id: str, split: str, step: int, values: dict[str, float]) -
 
 def train(dataset: Dataset, cfg: TrainConfig, out_dir: str, workers: int = 1, use_gpu: bool = False, name: str = "foil-train", address: str | None = None) -> tuple[str, TrainResult]:
     run_id = run_id_for(cfg, dataset, name)
-    result = fit(dataset.root, cfg, out_dir, workers=workers, use_gpu=use_gpu, run_name=run_id, address=address)
+    result = fit(dataset.url, cfg, out_dir, workers=workers, use_gpu=use_gpu, run_name=run_id, address=address)
     curve: dict[str, list] = {c: [] for c in S.METRICS_SCHEMA.names}
     for row in result.history:
         step = int(row.get("step", 0))

@@ -1,9 +1,13 @@
 """Ray Train entry point: a `TorchTrainer` job around `training.loop.train_loop`.
 
 Data streams from the `train` table's parquet shards through Ray Data (each worker gets its
-own split, so a dataset larger than memory works). Parquet reads are I/O-bound and are given no
-CPU reservation, so they do not starve the training workers on a small machine; each worker
-decodes its own batches.
+own split, so a dataset larger than memory works). Decoding (PNG/JPEG to uint8 arrays,
+tokenizing) runs in Ray Data's own actors, `DECODE_AHEAD` batches ahead of the training step,
+so the step never waits for it; reads and decoding are given no CPU reservation, so they never
+block the training workers from being placed on a small machine. Each worker is given its share
+of the node's CPUs (Ray then sets its torch thread count to that share; with one CPU reserved,
+as Ray Train's default, torch on a 2-core laptop would run one thread and half as fast as the
+same loop in a plain process).
 
 Rank 0 writes a checkpoint every `checkpoint_every` steps and at the end. A checkpoint holds
 `open_clip_model.pt` (open_clip's state-dict format, loadable with
@@ -19,12 +23,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from pipeline.core import schema as S
@@ -32,78 +37,49 @@ from pipeline.core.stage import ConfigError
 from pipeline.core.store import Dataset, atomic_write_bytes
 from pipeline.models import factory as M
 from training.data import BatchDecoder
-from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
-from training.losses import LOSSES, build_loss
+from training.loop import cosine_with_warmup, make_optimizer, train_loop
+from training.config import TrainConfig
+from training.losses import build_loss
 
 CHECKPOINT_MODEL = "open_clip_model.pt"
 CHECKPOINT_STATE = "train_state.pt"
+DECODE_AHEAD = 4  # decoded batches kept ready per worker (Ray Data's iterator prefetch)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """A training recipe, validated once at the edge (`from_dict`)."""
-
-    model: str = "foil-tiny-vit"
-    loss: str = "clip"  # clip | siglip (needs a model with logit_bias, e.g. foil-tiny-vit-sigmoid)
-    steps: int = 50
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 5
-    grad_accum: int = 1
-    use_negatives: bool = True
-    checkpoint_every: int = 25
-    log_every: int = 5
-    seed: int = 0
-    pretrained: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "train") -> "TrainConfig":
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown field; known: {', '.join(sorted(known))}")
-        cfg = cls(**values)
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{where}.{name}: must be a positive integer, got {value!r}")
-        for name in ("lr", "weight_decay"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{where}.{name}: must be a non-negative number, got {value!r}")
-        if not isinstance(cfg.use_negatives, bool):
-            raise ConfigError(f"{where}.use_negatives: must be true or false, got {cfg.use_negatives!r}")
-        try:
-            model_cfg = M.model_config(cfg.model)
-        except KeyError as exc:
-            raise ConfigError(f"{where}.model: {exc.args[0]}") from None
-        if cfg.loss not in LOSSES:
-            raise ConfigError(f"{where}.loss: {cfg.loss!r} is not one of {', '.join(LOSSES)}")
-        if cfg.loss == "siglip" and model_cfg.get("init_logit_bias") is None:
-            raise ConfigError(f"{where}.loss: siglip needs a model with init_logit_bias; {cfg.model} has none (e.g. foil-tiny-vit-sigmoid)")
-        return cfg
-
-    def loop_config(self, bf16: bool) -> LoopConfig:
-        return LoopConfig(
-            steps=self.steps, lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-            grad_accum=self.grad_accum, use_negatives=self.use_negatives, bf16=bf16, log_every=self.log_every,
-            checkpoint_every=self.checkpoint_every,
-        )
-
-
-def _endless_batches(shard: Any, batch_size: int, decode: BatchDecoder, device: torch.device, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+def _endless_batches(shard: Any, batch_size: int, device: torch.device, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Decoded batches (see `BatchDecoder`) of this worker's split, epoch after epoch."""
     epoch = 0
     while True:
         produced = 0
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=batch_size * 4, local_shuffle_seed=seed + epoch):
-            decoded = decode(batch)
+        for batch in shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=batch_size * 4,
+            local_shuffle_seed=seed + epoch, prefetch_batches=DECODE_AHEAD,
+        ):
             produced += 1
-            yield {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in decoded.items()}
+            yield {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
         if produced == 0:
             raise RuntimeError(f"this worker's data split has fewer than batch_size={batch_size} training rows")
         epoch += 1
+
+
+def negative_image_rows(files: list[str]) -> int:
+    """Rows of the `train` shards with a negative image, from the parquet footers' null counts
+    (no image bytes are read). A row group without statistics counts as having them all."""
+    total = 0
+    for uri in files:
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if S.NEG_IMAGE_COL not in names:
+            continue
+        index = names.index(S.NEG_IMAGE_COL)
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            stats = group.column(index).statistics
+            nulls = stats.null_count if stats is not None and stats.has_null_count else 0
+            total += group.num_rows - nulls
+    return total
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -116,6 +92,7 @@ def train_func(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
+    torch.set_num_threads(config.get("cpus", 1))  # its reserved CPUs; Ray leaves torch at one thread otherwise
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
 
     model = M.create_model(cfg.model, pretrained=cfg.pretrained, device=device)
@@ -134,13 +111,20 @@ def train_func(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model) if world > 1 else model
     core = model.module if hasattr(model, "module") else model
 
-    decode = BatchDecoder(cfg.model)
-    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, decode, device, cfg.seed)
+    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed)
     loss_fn = build_loss(cfg.loss, rank=rank, world_size=world)
 
+    # Where each worker runs (Ray node ids, by rank), recorded with the start of the attempt.
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, nodes[0])
+        nodes = gathered
     curve = CurveWriter(config["curve_path"]) if rank == 0 else None
     if curve is not None:  # where this attempt starts: 0, or the restored checkpoint's step
-        curve.append({"event": "start", "step": start_step, "world_size": world})
+        curve.append({"event": "start", "step": start_step, "world_size": world, "nodes": nodes})
         print(f"[foil train] {'resuming at' if start_step else 'starting at'} step {start_step} of {cfg.steps}", flush=True)
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -226,6 +210,17 @@ class TrainResult:
         return asdict(self)
 
 
+def cpus_per_worker(workers: int) -> int:
+    """Each training worker's share of the CPUs of the smallest live node (at least 1): what Ray
+    reserves for it and sets its torch thread count to."""
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    per_node = int(min(nodes)) if nodes else 1
+    total = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(per_node, total // max(1, workers)))
+
+
 def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use_gpu: bool = False, run_name: str = "foil-train", address: str | None = None) -> TrainResult:
     """Train on the `train` split of `<dataset>/train/*.parquet`; checkpoints under `out_dir/run_name`."""
     import ray
@@ -237,10 +232,18 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     from pipeline.core.runners import ensure_ray
 
     ensure_ray(address)
+    # The workers register foil's architectures with open_clip themselves; registering them here
+    # too lets the caller load the checkpoint it gets back with open_clip by name (validating the
+    # recipe no longer imports open_clip, so nothing else has registered them in this process).
+    M.register_foil_configs()
     files = Dataset(dataset_root).table(S.TRAIN).shard_uris()  # committed shards only (with a marker)
     if not files:
         raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
     columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]
+    # Negative images are encoded only when some row has one (a second image batch per step).
+    with_images = cfg.use_negatives and cfg.use_negative_images and negative_image_rows(files) > 0
+    if with_images:
+        columns.append(S.NEG_IMAGE_COL)
     # out_dir is a local folder or any URI Ray Train's storage understands (s3://, gs://, file://)
     storage = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
     fs, run_dir = fsspec.core.url_to_fs(f"{storage.rstrip('/')}/{run_name}")
@@ -248,15 +251,23 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     curve_path = f"{storage.rstrip('/')}/{run_name}/curve.jsonl"
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
     data = ray.data.read_parquet(files, columns=columns, ray_remote_args={"num_cpus": 0}).filter(expr=col(S.SPLIT) == "train", num_cpus=0)
+    # Decoded off the training step, by actors that build their tokenizer once; their output is
+    # what each worker's iterator prefetches (DECODE_AHEAD batches).
+    data = data.map_batches(
+        BatchDecoder, fn_constructor_args=(cfg.model,), batch_size=cfg.batch_size, batch_format="numpy",
+        concurrency=max(1, workers), num_cpus=0,
+    )
+    cpus = cpus_per_worker(workers)
     start = time.perf_counter()
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
-            "train": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+            "train": {**{k: v for k, v in asdict(cfg).items() if k != "extra"}, "use_negative_images": with_images},
             "use_gpu": use_gpu,
             "curve_path": curve_path,
+            "cpus": cpus,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage,

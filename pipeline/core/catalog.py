@@ -18,6 +18,7 @@ COPY ... TO, ATTACH, SET, INSTALL, ...), before running anything.
 from __future__ import annotations
 
 import importlib.resources
+import re
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,15 @@ from pipeline.core.store import Dataset
 
 CATALOG_FILE = "catalog.duckdb"
 
+# Where curation's CLIP score comes from: "embeddings" (foil's own, `foil embed`), or the name of
+# a numeric column the url lists carried into raw's `extra` (`--keep-columns`), such as DataComp's
+# precomputed `clip_l14_similarity_score`, so a pool scored elsewhere is curated without re-embedding.
+CLIP_SCORE_FROM = "clip_score_from"
+CLIP_SCORE_FROM_EMBEDDINGS = "embeddings"
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # also keeps the SQL literal it becomes safe
+
 # The curation thresholds the sql/ templates may use, with their defaults. Recipes override them.
-DEFAULT_THRESHOLDS: dict[str, float] = {
+DEFAULT_THRESHOLDS: dict[str, float | str] = {
     "min_width": 32,
     "min_height": 32,
     "max_aspect_ratio": 3.0,
@@ -43,6 +51,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_english_score": 0.0,  # langid probability of English; 0 keeps every language
     "min_clip_score": -1.0,  # cosine; -1 keeps everything (no CLIP filter)
     "clip_score_top_fraction": 1.0,  # keep the best-scoring fraction of the pool (DataComp); 1 keeps all
+    CLIP_SCORE_FROM: CLIP_SCORE_FROM_EMBEDDINGS,
 }
 
 # Tables that optional stages write. Until they exist, an empty view with the columns the sql/
@@ -77,31 +86,57 @@ def sql_files() -> list[SqlFile]:
     return [SqlFile(f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)]
 
 
-def validate_thresholds(values: dict[str, Any], where: str = "curate") -> dict[str, float]:
+def validate_thresholds(values: dict[str, Any], where: str = "curate") -> dict[str, float | str]:
     thresholds = dict(DEFAULT_THRESHOLDS)
     for key, value in values.items():
         if key not in DEFAULT_THRESHOLDS:
             raise ConfigError(f"{where}.{key}: unknown threshold; known: {', '.join(DEFAULT_THRESHOLDS)}")
+        if key == CLIP_SCORE_FROM:
+            if not isinstance(value, str) or not _COLUMN_NAME.fullmatch(value):
+                raise ConfigError(f"{where}.{key}: must be {CLIP_SCORE_FROM_EMBEDDINGS!r} or the name of a kept url-list column, got {value!r}")
+            thresholds[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}.{key}: must be a number, got {value!r}")
         thresholds[key] = value
     return thresholds
 
 
+def _remote_catalog_path(dataset: Dataset) -> str:
+    """Where the catalog of a dataset on object storage lives: a local file in foil's cache,
+    one per dataset url. It holds only view definitions, rebuilt from the shards by `refresh`,
+    so each machine keeps its own and none is ever uploaded (DuckDB writes its file in place)."""
+    import hashlib
+    import os
+
+    from pipeline.core.cache import default_cache_dir
+
+    key = hashlib.blake2b(dataset.url.encode("utf-8"), digest_size=8).hexdigest()
+    folder = default_cache_dir() / "catalogs"
+    os.makedirs(folder, exist_ok=True)
+    return str(folder / f"{key}.duckdb")
+
+
 class Catalog:
     def __init__(self, dataset: Dataset):
-        if not dataset.is_local:
-            raise ConfigError("the DuckDB catalog needs a local dataset folder (remote tables can be read with read_parquet)")
         self.dataset = dataset
-        self.path = dataset.path(CATALOG_FILE)
+        # Remote tables are read through the dataset's own fsspec filesystem, registered on every
+        # connection (DuckDB's httpfs extension cannot be installed offline, and is not needed).
+        self.path = dataset.path(CATALOG_FILE) if dataset.is_local else _remote_catalog_path(dataset)
 
-    def thresholds(self) -> dict[str, float]:
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(self.path, read_only=read_only)
+        if not self.dataset.is_local:
+            con.register_filesystem(self.dataset.fs)
+        return con
+
+    def thresholds(self) -> dict[str, float | str]:
         try:
             return validate_thresholds(self.dataset.read_json("curate.json"))
         except FileNotFoundError:
             return dict(DEFAULT_THRESHOLDS)
 
-    def set_thresholds(self, values: dict[str, Any]) -> dict[str, float]:
+    def set_thresholds(self, values: dict[str, Any]) -> dict[str, float | str]:
         thresholds = validate_thresholds(values)
         self.dataset.write_json("curate.json", thresholds)
         return thresholds
@@ -111,7 +146,7 @@ class Catalog:
         status: dict[str, str] = {}
         thresholds = self.thresholds()
         self.dataset.fs.makedirs(self.dataset.root, exist_ok=True)
-        con = duckdb.connect(self.path)
+        con = self._connect(read_only=False)
         try:
             for name in self.dataset.tables():
                 table = self.dataset.table(name)
@@ -132,7 +167,7 @@ class Catalog:
                     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
                     status[name] = "placeholder: empty until its stage runs"
             values = {k: repr(v) for k, v in thresholds.items()}
-            values["dataset"] = self.dataset.root.replace("'", "''")  # used inside SQL string literals
+            values["dataset"] = self.dataset.uri().replace("'", "''")  # used inside SQL string literals
             for f in sql_files():
                 try:
                     text = string.Template(f.text).substitute(values)
@@ -153,9 +188,17 @@ class Catalog:
         return status
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        if not self.dataset.fs.exists(self.path):
-            raise ConfigError(f"{self.dataset.url} has no {CATALOG_FILE}: run a stage (or `foil demo`) first")
-        return duckdb.connect(self.path, read_only=True)
+        import os
+
+        if self.dataset.is_local:
+            if not os.path.exists(self.path):
+                raise ConfigError(f"{self.dataset.url} has no {CATALOG_FILE}: run a stage (or `foil demo`) first")
+        elif not os.path.exists(self.path):
+            # A remote dataset first opened on this machine: build its views from the shards.
+            if not self.dataset.tables():
+                raise ConfigError(f"{self.dataset.url} has no tables: run a stage (or `foil demo`) first")
+            self.refresh()
+        return self._connect(read_only=True)
 
     def query(self, sql: str) -> pa.Table:
         check_read_only(sql)

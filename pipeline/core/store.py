@@ -14,7 +14,11 @@ after the rename: a shard without a marker is not finished and a rerun rewrites 
 name, which is why reruns never duplicate rows. The manifest is rewritten by the driver from the
 markers when a stage commits, so parallel workers never race on one file.
 
-Paths may be local or any fsspec URL (`s3://bucket/ds`); fsync only applies to local files.
+Paths may be local or any fsspec URL (`s3://bucket/ds`); fsync only applies to local files. On
+object storage a shard is uploaded under `_tmp/` and then moved into place (a copy made by the
+store itself, whole or not at all: an interrupted upload leaves at most a `_tmp/` object, which
+no view lists), and its marker follows, as locally. Credentials and the endpoint come from the
+usual places (`AWS_*` variables, `~/.aws/config`; `AWS_ENDPOINT_URL` for an S3-compatible store).
 """
 
 from __future__ import annotations
@@ -62,7 +66,15 @@ class Dataset:
 
     def __init__(self, root: str | os.PathLike[str]):
         root = os.fspath(root)
-        self.fs, path = fsspec.core.url_to_fs(root)
+        # Workers on other processes and machines commit shards: a cached listing of a remote
+        # folder would hide them, so listings are always fresh (a marker glob per check).
+        options = {} if "://" not in root or root.startswith("file://") else {"use_listings_cache": False}
+        try:
+            self.fs, path = fsspec.core.url_to_fs(root, **options)
+        except TypeError:  # a filesystem without a listings cache
+            self.fs, path = fsspec.core.url_to_fs(root)
+        except (ImportError, ValueError) as exc:  # an unknown protocol, or its package missing
+            raise StoreError(f"{root}: cannot open this dataset location ({exc})") from None
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = self.root if self.is_local else f"{_protocol(self.fs)}://{self.root}"
