@@ -17,6 +17,11 @@ ones. Each ingested file is recorded in the manifest (`ingested`: path, size, mt
 and added), and a file recorded unchanged is not read again. The table's config is how lists
 are read (`url_col`, `caption_col`, `shard_rows`, `keep_columns`), not which lists: another
 config needs `overwrite`, which replaces the table (and the crawl's `raw` with it).
+
+`shard_by_host` cuts the new rows into shards of one host each (a host's rows in order, then
+cut every `shard_rows`). The crawl's per-host caps hold within a shard (its threads share one
+scheduler); with one host per shard, a cluster that crawls many shards at once reaches a host
+through at most as many shards as that host has, not through every shard running.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +150,27 @@ def _fingerprint(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _host(url: str) -> str:
+    try:
+        return (urllib.parse.urlsplit(url).hostname or "").lower()
+    except ValueError:  # a malformed url: the crawl records its error; here it only needs a group
+        return ""
+
+
+def _cut(rows: pa.Table, shard_rows: int, by_host: bool) -> list[pa.Table]:
+    """The new rows as shards: every `shard_rows` in list order, or per host first."""
+    if not by_host:
+        return [rows.slice(begin, shard_rows) for begin in range(0, rows.num_rows, shard_rows)]
+    groups: dict[str, list[int]] = {}
+    for i, url in enumerate(rows[S.URL].to_pylist()):
+        groups.setdefault(_host(url), []).append(i)
+    shards = []
+    for indices in groups.values():  # hosts in order of first appearance
+        for begin in range(0, len(indices), shard_rows):
+            shards.append(rows.take(pa.array(indices[begin : begin + shard_rows], pa.int64())))
+    return shards
+
+
 def ingest_urls(
     dataset: Dataset,
     files: list[str],
@@ -152,6 +179,7 @@ def ingest_urls(
     shard_rows: int = 1000,
     overwrite: bool = False,
     keep_columns: tuple[str, ...] | list[str] | str = (),
+    shard_by_host: bool = False,
 ) -> IngestReport:
     """Add the rows of `files` the `urls` table has not seen (by sample_id) as new shards.
 
@@ -161,11 +189,15 @@ def ingest_urls(
     """
     if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows <= 0:
         raise ConfigError(f"shard_rows: must be a positive integer, got {shard_rows!r}")
+    if not isinstance(shard_by_host, bool):
+        raise ConfigError(f"crawl.shard_by_host: must be true or false, got {shard_by_host!r}")
     if not files:
         raise ConfigError("no url list given")
     keep = _keep(keep_columns)
     files = [os.path.abspath(f) for f in files]
     config = {"stage": STEP, "params": {"url_col": url_col, "caption_col": caption_col, "shard_rows": shard_rows, "keep_columns": list(keep)}}
+    if shard_by_host:  # recorded only when set, so tables ingested before the option still match
+        config["params"]["shard_by_host"] = True
     target = dataset.table(S.URLS)
     if target.exists() and overwrite:
         target.clear()
@@ -221,8 +253,7 @@ def ingest_urls(
     numbers = [int(m.group(1)) for m in map(_SHARD.match, done) if m]
     first = max(numbers) + 1 if numbers else 0
     added = []
-    for i, begin in enumerate(range(0, new.num_rows, shard_rows)):
-        rows = new.slice(begin, shard_rows)
+    for i, rows in enumerate(_cut(new, shard_rows, shard_by_host)):
         # This ingest's counters go with its first shard (what drop_reasons sums), once.
         shard_stats = {**summary, "rows_out": rows.num_rows} if i == 0 else {"rows_in": 0, "rows_out": rows.num_rows}
         name = shard_name(first + i)

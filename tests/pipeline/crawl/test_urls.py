@@ -52,3 +52,23 @@ def test_bad_input_names_file_and_column(tmp_path, name, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         ingest_urls(Dataset(tmp_path / "ds"), [str(tmp_path / "nope.parquet")])
+
+
+def test_shard_by_host_puts_one_host_in_each_shard(tmp_path):
+    hosts = ["a.example", "B.example", "c.example"]
+    urls = [f"http://{hosts[i % 3]}/{i}.png" for i in range(11)]  # interleaved, as lists usually are
+    pq.write_table(pa.table({"url": urls, "caption": [f"c{i}" for i in range(11)]}), tmp_path / "u.parquet")
+    ds = Dataset(tmp_path / "ds")
+    report = ingest_urls(ds, [str(tmp_path / "u.parquet")], shard_rows=3, shard_by_host=True)
+    table = ds.table(S.URLS)
+    per_shard = {name: {u.split("/")[2].lower() for u in table.read_shard(name)[S.URL].to_pylist()} for name in table.finished_shards()}
+    assert all(len(h) == 1 for h in per_shard.values()), per_shard
+    # 4 rows of a and b, 3 of c: shards of at most 3 rows per host -> 2 + 2 + 1
+    assert report.shards == 5 and sorted(table.read()[S.URL].to_pylist()) == sorted(urls)
+    # Without the option the same list mixes hosts in a shard; the table's config records it.
+    with pytest.raises(ConfigError, match="different urls config"):
+        ingest_urls(ds, [str(tmp_path / "u.parquet")], shard_rows=3)
+    mixed = Dataset(tmp_path / "mixed")
+    ingest_urls(mixed, [str(tmp_path / "u.parquet")], shard_rows=3)
+    t = mixed.table(S.URLS)
+    assert any(len({u.split("/")[2] for u in t.read_shard(n)[S.URL].to_pylist()}) > 1 for n in t.finished_shards())
