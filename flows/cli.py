@@ -40,11 +40,31 @@ def _add_dataset(p: argparse.ArgumentParser) -> None:
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="recipe YAML (default: the built-in demo recipe)")
+    p.add_argument("--recipe", help="recipe YAML or a built-in recipe name (default: the built-in `default` recipe, safe crawl settings)")
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace this stage's output instead of resuming it")
+
+
+def _add_tracking(p: argparse.ArgumentParser, ray: bool = True) -> None:
+    p.add_argument("--prefect", action="store_true", help="run as a tracked Prefect flow (the default when PREFECT_API_URL is set)")
+    if ray:
+        p.add_argument("--ray-address", help="attach to this running Ray cluster (default: $RAY_ADDRESS, else a running local "
+                                              "`ray start --head`, else in-process or a new embedded cluster)")
+
+
+def _steps(args: argparse.Namespace) -> dict[str, Any]:
+    """What runs a stage: its Prefect flow when tracking is asked for (`--prefect`, or a Prefect
+    server configured with PREFECT_API_URL), else the same step called plainly, which needs no
+    Prefect import and no temporary Prefect server. Both take the same arguments."""
+    if getattr(args, "prefect", False) or os.environ.get("PREFECT_API_URL"):
+        from flows.pipeline_flows import FLOWS
+
+        return FLOWS
+    from flows.commands import COMMANDS
+
+    return COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch-sample", help="download the demo's emoji sample from the npm registry into the cache")
     p.add_argument("--cache-dir", help="cache folder (default ~/.cache/foil)")
+
+    p = sub.add_parser("heldout-pairs", help="minimal pairs in a held-out drawing style (Twemoji, fetched once with npm) for `foil eval --pairs`")
+    p.add_argument("--out", required=True, help="folder to write pairs.jsonl, concepts.jsonl, images/ and heldout.json into (replaced)")
+    p.add_argument("--twemoji-dir", help="an unpacked emoji-datasource-twitter package (default: fetched into the cache)")
+    p.add_argument("--min-pixel-difference", type=float, default=0.02, help="keep pairs whose images differ by more (mean |a-b|, 0..1)")
 
     p = sub.add_parser("sql", help="run a read-only SQL query on a dataset's catalog")
     _add_dataset(p)
@@ -83,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-private-addresses", action="store_true", help="allow every loopback/private/link-local host (local testing only)")
     _add_recipe(p)
     _add_overwrite(p)
+    _add_tracking(p)
 
     for name, text in (
         ("score", "rule scores and hashes into table `scores`"),
@@ -94,13 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
         _add_dataset(p)
         _add_recipe(p)
         _add_overwrite(p)
+        _add_tracking(p)
         if name == "export":
             p.add_argument("--webdataset", action="store_true", help="also write webdataset tars to <dataset>/train_wds/<split>/")
+            p.add_argument("--datacomp-uids", metavar="SUBSET.npy",
+                           help="instead of training shards, write the curated rows' DataComp uids (sorted u8,u8 pairs) for DataComp's filtering track")
+
+    p = sub.add_parser("neg-image", help="image hard negatives (mined real images; p2p/inpaint by diffusion) into table `neg_image`")
+    _add_dataset(p)
+    _add_recipe(p)
+    _add_overwrite(p)
+
+    p = sub.add_parser("imgdiff", help="Img-Diff pairs: generate (imgdiff.generate) and/or analyse imported pairs into table `imgdiff`")
+    p.add_argument("--dataset", help="dataset folder (local path or fsspec URL)")
+    _add_recipe(p)
+    _add_overwrite(p)
+    acts = p.add_subparsers(dest="action", required=False, parser_class=_Parser, metavar="ACTION")
+    q = acts.add_parser("import", help="image pairs from a pairs file (JSON lines) into table `imgdiff_import`")
+    _add_dataset(q)
+    q.add_argument("--pairs", required=True, help="JSON lines: image_a, image_b, caption_a, caption_b (kind optional)")
+    q.add_argument("--images", required=True, help="folder the pairs' image paths are relative to")
+    _add_overwrite(q)
+    q = acts.add_parser("export-pairs", help="the held-out kept pairs of table `imgdiff` as a pairs file for `foil eval --pairs`")
+    _add_dataset(q)
+    q.add_argument("--out", required=True, help="pairs file to write (JSON lines)")
+    q.add_argument("--images-out", required=True, help="folder for the pairs' PNG images (paths in --out are relative to it)")
+    q.add_argument("--eval-percent", type=int, help="share of pairs held out, by pair id (default: the recipe's export.eval_percent)")
+    _add_recipe(q)
 
     p = sub.add_parser("dedup", help="exact, near (pHash) and semantic (embeddings) duplicates into table `duplicates`")
     _add_dataset(p)
     _add_recipe(p)
     _add_overwrite(p)
+    _add_tracking(p, ray=False)
 
     p = sub.add_parser("index", help="kNN index of the embeddings: clip-retrieval's layout, indexed by autofaiss")
     _add_dataset(p)
@@ -130,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curate", help="apply the recipe's thresholds: recreate the `curated` and `funnel` views")
     _add_dataset(p)
     _add_recipe(p)
+    _add_tracking(p, ray=False)
 
     p = sub.add_parser("train", help="contrastive training as a Ray Train job")
     _add_dataset(p)
@@ -137,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for checkpoints")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the recipe's train.workers)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker, bf16 autocast")
+    _add_tracking(p)
 
     p = sub.add_parser("train-heads", help="train only the projection heads of a two-tower model with frozen, pretrained towers (a CLIP-score filter model)")
     _add_dataset(p)
@@ -163,10 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="foil-tiny-vit", help="architecture name (default foil-tiny-vit)")
     p.add_argument("--run-id", default="eval", help="name under which metrics are recorded")
     p.add_argument("--sugarcrepe", nargs="+", default=[], metavar="JSON", help="SugarCrepe-format files, one kind each")
-    p.add_argument("--pairs", nargs="+", default=[], metavar="JSON", help="image-pair files: text, image and group scores")
+    p.add_argument("--pairs", nargs="+", default=[], metavar="JSONL",
+                   help="minimal-pair files (JSON lines: image_a, image_b, caption_a, caption_b, kind; or a JSON list of image_0/1, caption_0/1): "
+                        "text, image and group scores and pair accuracy, per kind (see `foil heldout-pairs`)")
+    p.add_argument("--retrieval", nargs="+", default=[], metavar="JSONL", help="concept files (JSON lines: image, caption): R@1/R@5 both ways")
+    p.add_argument("--image-size", type=int, help="input size for --pairs/--retrieval images (default: the architecture's)")
     p.add_argument("--zeroshot", nargs="+", default=[], metavar="JSON", help="zero-shot sets: [{image, label}]")
-    p.add_argument("--images", default=".", help="folder the benchmark files' image paths are relative to")
+    p.add_argument("--images", help="folder the benchmark files' image paths are relative to (default: the current folder; "
+                                     "for --pairs/--retrieval, each file's own folder)")
     p.add_argument("--templates", nargs="+", help="zero-shot prompts with {} for the class name")
+    _add_tracking(p, ray=False)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: funnel, histograms, sample grids, negatives, pairs, curves, eval")
+    _add_dataset(p)
+    p.add_argument("--out", help="HTML file to write (default: <dataset>/report.html)")
+
+    p = sub.add_parser("blind", help="blind (text-only) accuracy per negative kind; --refine rejects what a text-only scorer solves")
+    _add_dataset(p)
+    _add_recipe(p)
+    p.add_argument("--refine", action="store_true", help="run the refinement (recipe's negatives.blind) into table neg_blind first")
+    p.add_argument("--max-accuracy", type=float, help="refinement target per kind (default: the recipe's, else 0.6)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    _add_overwrite(p)
     return parser
 
 
@@ -229,6 +301,16 @@ def cmd_fetch_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heldout_pairs(args: argparse.Namespace) -> int:
+    from pipeline.demo.heldout import build_heldout, fetch_twemoji
+
+    package = Path(args.twemoji_dir) if args.twemoji_dir else fetch_twemoji()
+    result = build_heldout(package, Path(args.out), args.min_pixel_difference, progress=lambda line: print(line, flush=True))
+    _print_report({"out": str(result.out_dir), "pairs": result.pairs, "pairs_per_kind": result.kept,
+                   "dropped": result.dropped, "concepts": result.concepts})
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.report import render_markdown
     from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
@@ -247,12 +329,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary = end_to_end(str(out), [str(urls)], args.recipe or "demo", args.gpu, allow_addresses=[server.address])
     print(render_markdown(summary))
     print(f"dataset: {out}  (summary.md, summary.json, catalog.duckdb)")
+    if summary.get("report"):
+        print(f"report: {summary['report']}  (open it in a browser; it needs no network)")
     print(f'query it: foil sql --dataset {out} "select * from funnel"')
     return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from flows import pipeline_flows as F
+    if args.command == "export" and args.datacomp_uids:  # a query and a file: no flow, no Prefect
+        from pipeline.core.store import Dataset
+        from pipeline.export.datacomp import write_datacomp_uids
+
+        _print_report(write_datacomp_uids(Dataset(args.dataset), args.datacomp_uids).as_dict())
+        return 0
+    run = _steps(args)
 
     if args.command == "crawl":
         from flows.recipe import load_recipe
@@ -265,7 +355,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise UsageError("the following arguments are required: --urls (or --retry-failed)")
         if args.urls:
             check_url_files(args.urls, args.url_col or recipe.url_col, args.caption_col or recipe.caption_col, args.keep_columns)
-        report = F.crawl_flow(
+        report = run["crawl"](
             args.dataset, args.urls, args.recipe, args.overwrite, url_col=args.url_col, caption_col=args.caption_col,
             allow_private_addresses=args.allow_private_addresses, allow_addresses=args.allow_addresses,
             keep_columns=args.keep_columns, retry_failed=args.retry_failed,
@@ -277,13 +367,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
             reasons = ", ".join(f"{status} {n}" for status, n in refused.items())
             print(f"refused {sum(refused.values())} rows: {reasons}", file=sys.stderr)
     elif args.command == "score":
-        report = F.score_flow(args.dataset, args.recipe, args.overwrite)
+        report = run["score"](args.dataset, args.recipe, args.overwrite)
     elif args.command == "embed":
-        report = F.embed_flow(args.dataset, args.recipe, args.overwrite)
+        report = run["embed"](args.dataset, args.recipe, args.overwrite)
     elif args.command == "negatives":
-        report = F.negatives_flow(args.dataset, args.recipe, args.overwrite)
+        report = run["negatives"](args.dataset, args.recipe, args.overwrite)
     elif args.command == "export":
-        report = F.export_flow(args.dataset, args.recipe, args.overwrite, args.webdataset)
+        report = run["export"](args.dataset, args.recipe, args.overwrite, args.webdataset)
     else:
         raise AssertionError(args.command)
     _print_report(report)
@@ -291,9 +381,49 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from flows.pipeline_flows import dedup_flow
+    _print_report(_steps(args)["dedup"](args.dataset, args.recipe, args.overwrite))
+    return 0
 
-    _print_report(dedup_flow(args.dataset, args.recipe, args.overwrite))
+
+def cmd_neg_image(args: argparse.Namespace) -> int:
+    from flows.recipe import load_recipe
+    from pipeline import steps
+    from pipeline.core.store import Dataset
+
+    recipe = load_recipe(args.recipe)
+    _print_report(steps.neg_image(Dataset(args.dataset), recipe.neg_image, recipe.runner(), overwrite=args.overwrite))
+    return 0
+
+
+def cmd_imgdiff(args: argparse.Namespace) -> int:
+    from flows.recipe import load_recipe
+    from pipeline import steps
+    from pipeline.core.store import Dataset
+
+    if not args.dataset:
+        raise UsageError("the following arguments are required: --dataset")
+    dataset = Dataset(args.dataset)
+    if args.action == "import":
+        report = steps.imgdiff_import(dataset, args.pairs, args.images, overwrite=args.overwrite)
+        print(f"imported {report['stats'].get('rows_out', 0)} pairs into {args.dataset} (table imgdiff_import)", file=sys.stderr)
+    elif args.action == "export-pairs":
+        from pipeline.imgdiff.pairs import export_pairs
+
+        recipe = load_recipe(args.recipe)
+        percent = args.eval_percent if args.eval_percent is not None else recipe.export.get("eval_percent", 10)
+        if not 0 < percent <= 100:
+            raise UsageError(f"--eval-percent: must be in (0, 100], got {percent}")
+        written = export_pairs(dataset, args.out, args.images_out, percent)
+        print(f"wrote {written} held-out pairs to {args.out} (images in {args.images_out})")
+        print(f"evaluate: foil eval --checkpoint CKPT --pairs {args.out} --images {args.images_out}")
+        return 0
+    else:
+        recipe = load_recipe(args.recipe)
+        report = steps.imgdiff(dataset, recipe.imgdiff, recipe.runner(), generate=recipe.imgdiff_generate, overwrite=args.overwrite)
+        stats = report.get("stats", {})
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("dropped", {}).items()))
+        print(f"imgdiff: {stats.get('counts', {}).get('kept', 0)} of {stats.get('rows_in', 0)} pairs kept" + (f"; dropped: {dropped}" if dropped else ""), file=sys.stderr)
+    _print_report(report)
     return 0
 
 
@@ -302,6 +432,53 @@ def cmd_index(args: argparse.Namespace) -> int:
     from pipeline.core.store import Dataset
 
     _print_report(build(Dataset(args.dataset), curated_only=not args.all, max_index_memory_usage=args.max_index_memory))
+    return 0
+
+
+def cmd_blind(args: argparse.Namespace) -> int:
+    """Measure blind accuracy per kind with a fresh held-out fit: every candidate of neg_text,
+    and (once refined) the kept ones."""
+    from flows.recipe import load_recipe
+    from pipeline import steps
+    from pipeline.core import schema as S
+    from pipeline.core.catalog import Catalog
+    from pipeline.core.store import Dataset
+    from pipeline.negatives.blind import TextEmbedder, measure
+
+    dataset = Dataset(args.dataset)
+    if not dataset.table(S.NEG_TEXT).exists():
+        raise UsageError(f"{args.dataset} has no neg_text table: run `foil negatives --dataset {args.dataset}` first")
+    if args.refine:
+        params = dict(load_recipe(args.recipe).negatives_blind or {})
+        if args.max_accuracy is not None:
+            params["max_accuracy"] = args.max_accuracy
+        steps.blind_refine(dataset, params, overwrite=args.overwrite, progress=True)
+    rows = dataset.table(S.NEG_TEXT).read([S.SAMPLE_ID, S.KIND, S.CAPTION, S.NEG_CAPTION])
+    embedder = TextEmbedder(progress=True)
+    columns = [rows[c].to_pylist() for c in (S.SAMPLE_ID, S.CAPTION, S.NEG_CAPTION, S.KIND)]
+    before = measure(*columns, embedder=embedder)
+    after: dict[str, dict[str, float]] = {}
+    if dataset.table(S.NEG_BLIND).exists():
+        kept = Catalog(dataset).query(
+            "SELECT n.sample_id, n.caption, n.negative_caption, n.kind FROM neg_text n JOIN neg_blind b "
+            "USING (sample_id, kind, negative_caption) WHERE b.filter_reason IS NULL"
+        )
+        if kept.num_rows:
+            after = measure(*[kept[c].to_pylist() for c in (S.SAMPLE_ID, S.CAPTION, S.NEG_CAPTION, S.KIND)], seed=1, embedder=embedder)
+    table = [
+        {"kind": k, "candidates": v["pairs"], "blind_accuracy": round(v["blind_accuracy"], 3),
+         "kept": after.get(k, {}).get("pairs", 0) if after else None,
+         "blind_accuracy_kept": round(after[k]["blind_accuracy"], 3) if k in after else None}
+        for k, v in before.items()
+    ]
+    if args.format == "json":
+        print(json.dumps(table, indent=1))
+    else:
+        print(f"{'kind':26s} {'candidates':>10s} {'blind':>6s} {'kept':>6s} {'blind(kept, refit)':>19s}")
+        for r in table:
+            kept_n = "-" if r["kept"] is None else str(r["kept"])
+            acc = "-" if r["blind_accuracy_kept"] is None else f"{r['blind_accuracy_kept']:.3f}"
+            print(f"{r['kind']:26s} {r['candidates']:10d} {r['blind_accuracy']:6.3f} {kept_n:>6s} {acc:>19s}")
     return 0
 
 
@@ -341,43 +518,67 @@ def cmd_sugarcrepe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_curate(args: argparse.Namespace) -> int:
-    from flows.pipeline_flows import curate_flow
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.core.store import Dataset
+    from pipeline.report_html import write_report
 
-    funnel = curate_flow(args.dataset, args.recipe)
+    result = write_report(Dataset(args.dataset), args.out)
+    skipped = [k for k, v in result.sections.items() if v != "ok"]
+    print(f"{result.images} images and plots, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
+          + (f"; no data yet for: {', '.join(skipped)}" if skipped else ""), file=sys.stderr)
+    print(result.path)
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    funnel = _steps(args)["curate"](args.dataset, args.recipe)
     for row in funnel:
         print(f"{row['reason']:<28} {row['rows']:>8}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from flows.pipeline_flows import train_flow
-
     if args.workers is not None and args.workers <= 0:
         raise UsageError(f"--workers: must be positive, got {args.workers}")
-    _print_report(train_flow(args.dataset, args.out, args.recipe, args.gpu, args.workers))
+    _print_report(_steps(args)["train"](args.dataset, args.out, args.recipe, args.gpu, args.workers))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flows.pipeline_flows import eval_flow
-
-    from training.jobs import EvalFiles
-
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint: {args.checkpoint} is not a file")
     from pipeline.models.factory import check_checkpoint
 
     check_checkpoint(args.checkpoint)  # not a checkpoint: one line, before any flow starts
-    if not (args.dataset or args.sugarcrepe or args.pairs or args.zeroshot):
-        raise UsageError("nothing to evaluate: give --dataset and/or --sugarcrepe/--pairs/--zeroshot files")
+    if not (args.dataset or args.sugarcrepe or args.pairs or args.zeroshot or args.retrieval):
+        raise UsageError("nothing to evaluate: give --dataset and/or --sugarcrepe/--pairs/--retrieval/--zeroshot files")
+    if args.image_size is not None and args.image_size <= 0:
+        raise UsageError(f"--image-size: must be positive, got {args.image_size}")
     from pipeline.core.benchmark_files import check_file
+    from training import pairs
 
-    for kind in ("sugarcrepe", "pairs", "zeroshot"):
+    images = args.images or "."
+    for kind in ("sugarcrepe", "zeroshot"):
         for path in getattr(args, kind):
-            check_file(kind, Path(path), Path(args.images))  # bad files fail here, before the model loads
-    files = EvalFiles(args.images, tuple(args.sugarcrepe), tuple(args.pairs), tuple(args.zeroshot), **({"templates": tuple(args.templates)} if args.templates else {}))
-    _print_report(eval_flow(args.dataset, args.checkpoint, args.model, args.run_id, files))
+            check_file(kind, Path(path), Path(images))  # bad files fail here, before the model loads
+    for path in args.pairs:
+        pairs.read_pairs(Path(path), Path(args.images) if args.images else None)
+    for path in args.retrieval:
+        pairs.read_concepts(Path(path), Path(args.images) if args.images else None)
+    metrics: dict[str, float] = {}
+    if args.dataset or args.sugarcrepe or args.zeroshot:
+        from training.jobs import EvalFiles
+
+        eval_flow = _steps(args)["eval"]
+
+        files = EvalFiles(images, tuple(args.sugarcrepe), (), tuple(args.zeroshot), **({"templates": tuple(args.templates)} if args.templates else {}))
+        metrics.update(eval_flow(args.dataset, args.checkpoint, args.model, args.run_id, files))
+    if args.pairs or args.retrieval:  # printed, not recorded in a dataset's metrics
+        from pipeline.models import factory as M
+
+        embedder = pairs.ModelEmbedder(M.create_model(args.model, pretrained=args.checkpoint), args.model, args.image_size)
+        metrics.update(pairs.evaluate_files(embedder, args.pairs, args.retrieval, args.images))
+    _print_report(metrics)
     return 0
 
 
@@ -415,6 +616,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 COMMANDS = {
     "sql": cmd_sql,
     "fetch-sample": cmd_fetch_sample,
+    "heldout-pairs": cmd_heldout_pairs,
     "demo": cmd_demo,
     "crawl": cmd_stage,
     "score": cmd_stage,
@@ -425,11 +627,15 @@ COMMANDS = {
     "sugarcrepe": cmd_sugarcrepe,
     "index": cmd_index,
     "knn": cmd_knn,
+    "blind": cmd_blind,
     "dedup": cmd_dedup,
+    "imgdiff": cmd_imgdiff,
+    "neg-image": cmd_neg_image,
     "train": cmd_train,
     "eval": cmd_eval,
     "submit": cmd_submit,
     "train-heads": cmd_train_heads,
+    "report": cmd_report,
 }
 
 
@@ -439,6 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.core.stage import ConfigError
     from pipeline.core.store import StoreError
 
+    if getattr(args, "ray_address", None):  # every Ray start in this process attaches there (runners, Ray Train)
+        os.environ["RAY_ADDRESS"] = args.ray_address
     try:
         if getattr(args, "recipe", None) and args.command != "submit":  # submit's recipe is on the cluster
             from flows.recipe import load_recipe

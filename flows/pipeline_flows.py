@@ -1,9 +1,11 @@
 """Prefect flows: one per stage, and `end_to_end`, which chains them.
 
-Flows only wire: every step is a plain function in pipeline/ or training/. Tasks retry on
-failure (a step raises only when shards still fail after the runner's own per-shard retries),
-and each flow publishes its counts as a Prefect table artifact. Locally a flow runs without a
-Prefect server (Prefect starts a temporary one in-process); deployments are in prefect.yaml.
+Flows only wire: every task is the plain step of flows/commands.py (what `foil <stage>` runs
+without Prefect). Tasks retry on failure (a step raises only when shards still fail after the
+runner's own per-shard retries), and each flow publishes its counts as a Prefect table artifact.
+The CLI runs these flows only when Prefect tracking is asked for (`--prefect`, or
+`PREFECT_API_URL` set); without a server Prefect starts a temporary one in-process, which costs
+seconds. Deployments are in prefect.yaml.
 """
 
 from __future__ import annotations
@@ -15,27 +17,18 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline import steps
+from flows import commands as C
 from flows.recipe import Recipe, load_recipe
 from pipeline.report import build_summary, render_markdown, write_summary
 from pipeline.core.store import Dataset
 from training import jobs
-from training.ray_train import TrainConfig
 
 
 def _recipe(recipe_path: str | None) -> Recipe:
     return load_recipe(recipe_path)
 
 
-def _with_allowed(recipe: Recipe, allow_addresses: list[str] | None) -> Recipe:
-    """Add addresses the crawl may reach although private (a local server the caller started)."""
-    if allow_addresses:
-        known = list(recipe.crawl_params.get("allow_addresses") or [])
-        recipe.crawl_params = {**recipe.crawl_params, "allow_addresses": known + [a for a in allow_addresses if a not in known]}
-        from pipeline.stages import build_stage
-
-        build_stage("crawl", recipe.crawl_params)  # a bad address fails here, before any work
-    return recipe
+_with_allowed = C.with_allowed
 
 
 def _publish(key: str, report: dict[str, Any]) -> None:
@@ -47,70 +40,94 @@ def _publish(key: str, report: dict[str, Any]) -> None:
     create_table_artifact(key=key, table=rows, description=f"foil {key}: kept, dropped and why")
 
 
+@task(name="report")
+def report_task(dataset: str) -> str | None:
+    """Write <dataset>/report.html (`foil report`) and link it as the flow run's `report`
+    artifact. The stage's result stands if the page cannot be made (no catalog yet, say): the
+    reason is logged and published in the artifact's place."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_link_artifact
+
+    from pipeline.report_html import write_report
+
+    try:
+        result = write_report(Dataset(dataset))
+    except Exception as exc:  # the report is a view of the stage's output, not part of it
+        get_run_logger().warning(f"report.html not written: {type(exc).__name__}: {exc}")
+        create_markdown_artifact(key="report", markdown=f"report.html not written: `{type(exc).__name__}: {exc}`")
+        return None
+    link = Path(result.path).as_uri() if "://" not in result.path else result.path
+    create_link_artifact(key="report", link=link, link_text="foil report", description=f"{result.images} images and plots, {result.bytes / 1e6:.1f} MB")
+    return result.path
+
+
+def _linked(dataset: str | None, result: Any) -> Any:
+    """A stage flow's result, after refreshing the dataset's report and linking it."""
+    if dataset:
+        report_task(dataset)
+    return result
+
+
+# Each task is the plain step of flows/commands.py plus Prefect's retries and artifacts.
 @task(name="crawl", retries=1, retry_delay_seconds=2)
 def crawl_task(
     dataset: str, url_files: list[str], recipe: Recipe, overwrite: bool = False, keep_columns: str | list[str] = (), retry_failed: bool = False,
 ) -> dict[str, Any]:
-    report = steps.crawl(
-        Dataset(dataset), url_files, recipe.crawl_params, recipe.runner(), overwrite=overwrite, keep_columns=keep_columns,
-        retry_failed=retry_failed, **recipe.ingest,
-    )
+    report = C.run_crawl(dataset, url_files, recipe, overwrite, keep_columns, retry_failed)
     _publish("crawl", report)
     return report
 
 
 @task(name="score", retries=1, retry_delay_seconds=2)
 def score_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.score(Dataset(dataset), recipe.runner(), overwrite=overwrite)
+    report = C.run_score(dataset, recipe, overwrite)
     _publish("score", report)
     return report
 
 
 @task(name="embed", retries=1, retry_delay_seconds=2)
 def embed_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.embed(Dataset(dataset), recipe.embed or {}, recipe.runner(), overwrite=overwrite)
+    report = C.run_embed(dataset, recipe, overwrite)
     _publish("embed", report)
     return report
 
 
 @task(name="dedup")
 def dedup_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.dedup(Dataset(dataset), recipe.dedup, overwrite=overwrite)
+    report = C.run_dedup(dataset, recipe, overwrite)
     create_table_artifact(key="dedup", table=[{"what": k, "count": v} for k, v in report.items()], description="duplicates found, by kind")
     return report
 
 
 @task(name="curate")
 def curate_task(dataset: str, recipe: Recipe) -> list[dict[str, Any]]:
-    funnel = steps.curate(Dataset(dataset), recipe.curate)
+    funnel = C.run_curate(dataset, recipe)
     create_table_artifact(key="funnel", table=funnel, description="rows removed per reason, in order")
     return funnel
 
 
 @task(name="negatives", retries=1, retry_delay_seconds=2)
 def negatives_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.negatives(Dataset(dataset), recipe.negatives, recipe.runner(), overwrite=overwrite, knn=recipe.negatives_knn)
+    report = C.run_negatives(dataset, recipe, overwrite)
     _publish("negatives", report)
     return report
 
 
 @task(name="export", retries=1, retry_delay_seconds=2)
 def export_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
-    report = steps.export(Dataset(dataset), recipe.export, recipe.runner(), overwrite=overwrite, webdataset=recipe.export_webdataset)
+    report = C.run_export(dataset, recipe, overwrite)
     _publish("export", report)
     return report
 
 
 @task(name="train")
 def train_task(dataset: str, recipe: Recipe, out_dir: str, use_gpu: bool = False) -> dict[str, Any]:
-    cfg = TrainConfig.from_dict(recipe.train)
-    run_id, result = jobs.train(Dataset(dataset), cfg, out_dir, workers=recipe.train_workers, use_gpu=use_gpu, address=recipe.runner_address)
-    return {"run_id": run_id, "model": cfg.model, "checkpoint": result.model_weights, "steps": result.steps, "seconds": result.seconds}
+    return C.run_train(dataset, recipe, out_dir, use_gpu)
 
 
 @task(name="eval")
 def eval_task(dataset: str | None, checkpoint: str, model: str, run_id: str, files: jobs.EvalFiles | None = None) -> dict[str, float]:
-    metrics = jobs.evaluate(Dataset(dataset) if dataset else None, checkpoint, model, run_id, files)
+    metrics = C.run_eval(dataset, checkpoint, model, run_id, files)
     create_table_artifact(key="eval", table=[{"metric": k, "value": round(v, 4)} for k, v in metrics.items()])
     return metrics
 
@@ -126,63 +143,135 @@ def crawl_flow(
     `keep_columns` carries more list columns into raw. `allow_addresses` (ADDRESS:PORT) lets a
     crawl reach these loopback/private servers only; `allow_private_addresses` lets it reach all
     of them (local testing)."""
-    recipe = _with_allowed(_recipe(recipe_path), allow_addresses)
-    if allow_private_addresses:
-        recipe.crawl_params = {**recipe.crawl_params, "allow_private_addresses": True}
-    recipe.url_col = url_col or recipe.url_col
-    recipe.caption_col = caption_col or recipe.caption_col
-    return crawl_task(dataset, url_files, recipe, overwrite, keep_columns, retry_failed)
+    recipe = C.crawl_recipe(recipe_path, url_col, caption_col, allow_private_addresses, allow_addresses)
+    return _linked(dataset, crawl_task(dataset, url_files, recipe, overwrite, keep_columns, retry_failed))
 
 
 @flow(name="score")
 def score_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    return score_task(dataset, _recipe(recipe_path), overwrite)
+    return _linked(dataset, score_task(dataset, _recipe(recipe_path), overwrite))
 
 
 @flow(name="embed")
 def embed_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    return embed_task(dataset, _recipe(recipe_path), overwrite)
+    return _linked(dataset, embed_task(dataset, _recipe(recipe_path), overwrite))
 
 
 @flow(name="dedup")
 def dedup_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    return dedup_task(dataset, _recipe(recipe_path), overwrite)
+    return _linked(dataset, dedup_task(dataset, _recipe(recipe_path), overwrite))
 
 
 @flow(name="curate")
 def curate_flow(dataset: str, recipe_path: str | None = None) -> list[dict[str, Any]]:
-    return curate_task(dataset, _recipe(recipe_path))
+    return _linked(dataset, curate_task(dataset, _recipe(recipe_path)))
 
 
 @flow(name="negatives")
 def negatives_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    return negatives_task(dataset, _recipe(recipe_path), overwrite)
+    return _linked(dataset, negatives_task(dataset, _recipe(recipe_path), overwrite))
 
 
 @flow(name="export")
 def export_flow(dataset: str, recipe_path: str | None = None, overwrite: bool = False, webdataset: bool = False) -> dict[str, Any]:
     recipe = _recipe(recipe_path)
     recipe.export_webdataset = recipe.export_webdataset or webdataset
-    return export_task(dataset, recipe, overwrite)
+    return _linked(dataset, export_task(dataset, recipe, overwrite))
 
 
 @flow(name="train")
 def train_flow(dataset: str, out_dir: str, recipe_path: str | None = None, use_gpu: bool = False, workers: int | None = None) -> dict[str, Any]:
     recipe = _recipe(recipe_path)
     recipe.train_workers = workers or recipe.train_workers
-    return train_task(dataset, recipe, out_dir, use_gpu)
+    return _linked(dataset, train_task(dataset, recipe, out_dir, use_gpu))
 
 
 @flow(name="eval")
 def eval_flow(dataset: str | None, checkpoint: str, model: str, run_id: str, files: jobs.EvalFiles | None = None) -> dict[str, float]:
-    return eval_task(dataset, checkpoint, model, run_id, files)
+    return _linked(dataset, eval_task(dataset, checkpoint, model, run_id, files))
+
+
+# The flows by command name: the keys and parameters of flows.commands.COMMANDS, so the CLI runs
+# either with the same arguments (`foil <stage> --prefect`).
+FLOWS = {
+    "crawl": crawl_flow, "score": score_flow, "embed": embed_flow, "dedup": dedup_flow, "curate": curate_flow,
+    "negatives": negatives_flow, "export": export_flow, "train": train_flow, "eval": eval_flow,
+}
+
+
+# -- the steps only the end-to-end flow runs ---------------------------------------------------
+HEADS_DIR = "heads"  # <dataset>/heads/heads-<config hash>.pt: the filter model the flow trains and embeds with
+
+
+@task(name="train-heads")
+def train_heads_task(dataset: str, recipe: Recipe) -> dict[str, Any]:
+    """The dataset's own filter model: `foil train-heads` on the rows that pass the rule
+    thresholds (the CLIP-score ones need this very model). A finished checkpoint of the same
+    config is reused, so a rerun embeds with the same weights and its embed shards resume; its
+    file name holds the config's hash, so a changed heads section is a changed embed config.
+    """
+    import hashlib
+    import json
+    import os
+    from dataclasses import asdict
+
+    import pyarrow.compute as pc
+
+    from pipeline.core import schema as S
+    from pipeline.core.catalog import Catalog
+    from training.heads import HeadsConfig, train_heads
+
+    ds = Dataset(dataset)
+    settings = dict(recipe.heads or {})
+    max_rows = settings.pop("max_rows", None)
+    cfg = HeadsConfig(**settings)
+    digest = hashlib.blake2b(json.dumps([asdict(cfg), max_rows], sort_keys=True).encode(), digest_size=4).hexdigest()
+    target = Path(ds.path(HEADS_DIR, f"heads-{digest}.pt"))
+    if target.exists():
+        return {"checkpoint": str(target), "model": cfg.model, "reused": True}
+    # a stable sample (by the hash that sample ids are) when capped: the same rows on every rerun
+    limit = f" ORDER BY {S.SAMPLE_ID} LIMIT {int(max_rows)}" if max_rows else ""
+    curated = Catalog(ds).query(f"SELECT {S.SAMPLE_ID} FROM curated{limit}")[S.SAMPLE_ID]
+    raw = ds.table(S.RAW).read(columns=[S.SAMPLE_ID, S.CAPTION, S.IMAGE])
+    rows = raw.filter(pc.is_in(raw[S.SAMPLE_ID], value_set=curated))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    report = train_heads(rows, cfg, tmp, progress=lambda line: print(f"[foil train-heads] {line}", flush=True))
+    os.replace(tmp, target)  # a killed run leaves no half-written checkpoint to reuse
+    create_table_artifact(key="train-heads", table=[{"what": k, "value": str(v)} for k, v in report.items()])
+    return {**report, "checkpoint": str(target)}
+
+
+@task(name="index")
+def index_task(dataset: str) -> dict[str, Any]:
+    """`foil index`: the curated embeddings in clip-retrieval's layout, indexed by autofaiss (kNN
+    mining then searches it)."""
+    from pipeline.embed.knn_index import build
+
+    return build(Dataset(dataset), curated_only=True)
+
+
+@task(name="neg-image", retries=1, retry_delay_seconds=2)
+def neg_image_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
+    from pipeline import steps
+
+    report = steps.neg_image(Dataset(dataset), recipe.neg_image, recipe.runner(), overwrite=overwrite)
+    _publish("neg-image", report)
+    return report
 
 
 @flow(name="end-to-end")
 def end_to_end(
     dataset: str, url_files: list[str], recipe_path: str | None = None, use_gpu: bool = False, allow_addresses: list[str] | None = None,
 ) -> dict[str, Any]:
-    """crawl -> score -> [embed] -> dedup -> curate -> negatives -> export -> train -> eval -> summary.
+    """crawl -> score -> [train-heads -> embed] -> dedup -> curate -> [index] -> negatives ->
+    [neg-image] -> export -> train -> eval -> summary.
+
+    With a `heads` section, the flow trains its own filter model on the rows that pass the rule
+    thresholds and embeds with it (so curation's CLIP score, semantic dedup, the kNN index and
+    kNN negatives all run); with an `embed` section, it embeds with that model. With a
+    `neg_image` section, image negatives are made before export (mined ones are trained on;
+    those of a random-weight pipeline are flagged and never exported).
     `allow_addresses` (ADDRESS:PORT): private servers the crawl may reach (the demo's own)."""
     recipe = _with_allowed(_recipe(recipe_path), allow_addresses)
     timings: dict[str, float] = {}
@@ -195,11 +284,25 @@ def end_to_end(
 
     crawl = timed("crawl", crawl_task, dataset, url_files, recipe)
     timed("score", score_task, dataset, recipe)
-    if recipe.embed is not None:
+    heads = None
+    if recipe.heads is not None:
+        from dataclasses import replace
+
+        # the filter model's rows: those passing the rules (the CLIP-score thresholds need it)
+        rules_only = replace(recipe, curate={**recipe.curate, "min_clip_score": -1.0, "clip_score_top_fraction": 1.0})
+        timed("curate_rules", curate_task, dataset, rules_only)
+        heads = timed("train_heads", train_heads_task, dataset, recipe)
+        recipe.embed = {**(recipe.embed or {}), "model": heads["model"], "pretrained": heads["checkpoint"]}
+    embedded = recipe.embed is not None
+    if embedded:
         timed("embed", embed_task, dataset, recipe)
     timed("dedup", dedup_task, dataset, recipe)
     timed("curate", curate_task, dataset, recipe)
+    if embedded:
+        timed("index", index_task, dataset)
     timed("negatives", negatives_task, dataset, recipe)
+    if embedded and recipe.neg_image:
+        timed("neg_image", neg_image_task, dataset, recipe)
     timed("export", export_task, dataset, recipe)
     trained = timed("train", train_task, dataset, recipe, str(Path(dataset) / "checkpoints"), use_gpu)
     metrics = timed("eval", eval_task, dataset, trained["checkpoint"], trained["model"], trained["run_id"])
@@ -214,9 +317,11 @@ def end_to_end(
             },
             "checkpoint": trained["checkpoint"],
             "run_id": trained["run_id"],
+            "filter_model": heads,
             "metrics": {k: round(v, 4) for k, v in metrics.items()},
         },
     )
+    summary["report"] = report_task(dataset)  # <dataset>/report.html, linked as an artifact
     write_summary(Dataset(dataset), summary)
     create_markdown_artifact(key="summary", markdown=render_markdown(summary))
     return summary

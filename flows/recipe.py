@@ -16,10 +16,16 @@ import yaml
 from pipeline.core.catalog import validate_thresholds
 from pipeline.core.runners import LocalRunner, RayRunner
 from pipeline.curate.dedup import DedupConfig
+from pipeline.negatives.image import ImageNegativesConfig
 from pipeline.core.stage import ConfigError
 from pipeline.stages import build_stage
+from training.config import TrainConfig
 
-SECTIONS = ("runner", "crawl", "embed", "dedup", "curate", "negatives", "export", "train")
+SECTIONS = ("runner", "crawl", "heads", "embed", "dedup", "curate", "negatives", "neg_image", "imgdiff", "export", "train")
+# `heads`: the end-to-end flow first trains its own filter model (`foil train-heads` on the
+# rule-curated rows) and embeds with it; the fields of training.heads.HeadsConfig, and
+# `max_rows`: train on at most that many of those rows (a stable sample), bounding the towers' pass.
+HEADS_FIELDS = ("model", "steps", "batch_size", "lr", "max_rows")
 RUNNER_KINDS = ("ray", "local")
 
 
@@ -30,6 +36,7 @@ class Recipe:
     retries: int = 2
     crawl_params: dict[str, Any] = field(default_factory=dict)
     shard_rows: int = 1000
+    shard_by_host: bool = False  # one host per url shard (urls.ingest_urls), for per-host caps on a cluster
     url_col: str = "url"
     caption_col: str = "caption"
     embed: dict[str, Any] | None = None  # None: no embedding stage in the end-to-end flow
@@ -37,8 +44,13 @@ class Recipe:
     curate: dict[str, float] = field(default_factory=dict)
     negatives: dict[str, Any] = field(default_factory=dict)
     negatives_knn: dict[str, Any] | None = None  # None: no kNN mining
+    negatives_blind: dict[str, Any] | None = None  # None: no blind scoring / refinement (BlindRefineStep)
     export: dict[str, Any] = field(default_factory=dict)
     export_webdataset: bool = False
+    neg_image: dict[str, Any] = field(default_factory=dict)  # `foil neg-image` (ImageNegativesConfig)
+    imgdiff: dict[str, Any] = field(default_factory=dict)  # `foil imgdiff`: filter, areas, captions (ImgDiffStep)
+    imgdiff_generate: dict[str, Any] | None = None  # `imgdiff.generate`: pairs from neg_text; None: imported pairs only
+    heads: dict[str, Any] | None = None  # None: the end-to-end flow trains no filter model of its own
     train: dict[str, Any] = field(default_factory=dict)
     train_workers: int = 1
     source: str = "<defaults>"
@@ -46,7 +58,7 @@ class Recipe:
     @property
     def ingest(self) -> dict[str, Any]:
         """How url lists are read: keyword arguments of `steps.crawl`."""
-        return {"url_col": self.url_col, "caption_col": self.caption_col, "shard_rows": self.shard_rows}
+        return {"url_col": self.url_col, "caption_col": self.caption_col, "shard_rows": self.shard_rows, "shard_by_host": self.shard_by_host}
 
     def runner(self, progress: bool = True) -> LocalRunner | RayRunner:
         """The runner section as an object: in-process, or Ray (embedded, or `address`)."""
@@ -89,7 +101,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         raise ConfigError(f"runner.retries: must be a non-negative integer, got {recipe.retries!r}")
 
     crawl = _section(data, "crawl")
-    _expect(crawl, "crawl", ("params", "shard_rows", "url_col", "caption_col", "per_host"))
+    _expect(crawl, "crawl", ("params", "shard_rows", "shard_by_host", "url_col", "caption_col", "per_host"))
     recipe.crawl_params = dict(_section(crawl, "params"))
     if "per_host" in crawl:  # `crawl.per_host` is shorthand for `crawl.params.per_host`
         if "per_host" in recipe.crawl_params:
@@ -99,9 +111,24 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe.shard_rows = crawl.get("shard_rows", 1000)
     if isinstance(recipe.shard_rows, bool) or not isinstance(recipe.shard_rows, int) or recipe.shard_rows <= 0:
         raise ConfigError(f"crawl.shard_rows: must be a positive integer, got {recipe.shard_rows!r}")
+    recipe.shard_by_host = crawl.get("shard_by_host", False)
+    if not isinstance(recipe.shard_by_host, bool):
+        raise ConfigError(f"crawl.shard_by_host: must be true or false, got {recipe.shard_by_host!r}")
     recipe.url_col = crawl.get("url_col", "url")
     recipe.caption_col = crawl.get("caption_col", "caption")
 
+    if "heads" in data:
+        recipe.heads = _section(data, "heads")
+        _expect(recipe.heads, "heads", HEADS_FIELDS)
+        for key in ("steps", "batch_size", "max_rows"):
+            value = recipe.heads.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"heads.{key}: must be a positive integer, got {value!r}")
+        lr = recipe.heads.get("lr", 1e-3)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            raise ConfigError(f"heads.lr: must be a positive number, got {lr!r}")
+        if "embed" in data and _section(data, "embed").get("pretrained"):
+            raise ConfigError("embed.pretrained: the heads section trains the embed model; give one or the other")
     if "embed" in data:
         recipe.embed = _section(data, "embed")
         build_stage("embed", recipe.embed)
@@ -116,7 +143,43 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
             raise ConfigError(f"negatives.knn: must be true, false or a mapping (max_cosine, k), got {knn!r}")
         _expect(knn, "negatives.knn", ("max_cosine", "k"))
         recipe.negatives_knn = knn
+    blind = recipe.negatives.pop("blind", None)
+    if blind is not None and blind is not False:
+        blind = {} if blind is True else blind
+        if not isinstance(blind, dict):
+            raise ConfigError(f"negatives.blind: must be true, false or a mapping (max_accuracy, folds, rounds, seed), got {blind!r}")
+        _expect(blind, "negatives.blind", ("max_accuracy", "folds", "rounds", "seed"))
+        from pipeline.negatives.blind import BlindRefineStep
+
+        BlindRefineStep(**blind)  # its own checks name the field
+        recipe.negatives_blind = blind
     build_stage("negatives", recipe.negatives)
+    recipe.neg_image = _section(data, "neg_image")
+    image_negatives = ImageNegativesConfig.from_dict(recipe.neg_image)
+    for method, settings in image_negatives.generate.items():  # each diffusion method's own fields
+        try:
+            build_stage("neg_image", {**settings, "method": method})
+        except ConfigError as exc:  # name the subsection: neg_image.p2p.steps, not neg_image.steps
+            message = str(exc)
+            if not message.startswith(f"neg_image.{method}."):
+                message = message.replace("neg_image.", f"neg_image.{method}.", 1)
+            raise ConfigError(message) from None
+    recipe.imgdiff = dict(_section(data, "imgdiff"))
+    generate = recipe.imgdiff.pop("generate", None)
+    if generate is not None:
+        if not isinstance(generate, dict):
+            raise ConfigError(f"imgdiff.generate: must be a mapping (pipeline, steps, ...), got {generate!r}")
+        try:
+            build_stage("imgdiff_generate", generate)
+        except ConfigError as exc:  # the stage's registry key is not the recipe's path
+            raise ConfigError(str(exc).replace("imgdiff_generate.", "imgdiff.generate.", 1)) from None
+        recipe.imgdiff_generate = generate
+    if "model" not in recipe.imgdiff and recipe.embed and recipe.embed.get("model"):  # the dataset's embed model scores pairs
+        recipe.imgdiff["model"] = recipe.embed["model"]
+        recipe.imgdiff.setdefault("pretrained", recipe.embed.get("pretrained"))
+    from pipeline.imgdiff import ImgDiffStep
+
+    ImgDiffStep.from_params(recipe.imgdiff, progress=False)  # validates the fields; builds no model
     recipe.export = dict(_section(data, "export"))
     recipe.export_webdataset = recipe.export.pop("webdataset", False)
     if not isinstance(recipe.export_webdataset, bool):
@@ -127,8 +190,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe.train_workers = train.pop("workers", 1)
     if isinstance(recipe.train_workers, bool) or not isinstance(recipe.train_workers, int) or recipe.train_workers <= 0:
         raise ConfigError(f"train.workers: must be a positive integer, got {recipe.train_workers!r}")
-    from training.ray_train import TrainConfig  # validated here so a bad field fails before crawling
-
+    # validated here so a bad field fails before crawling; training.config imports no torch
     TrainConfig.from_dict(train)
     recipe.train = train
     return recipe

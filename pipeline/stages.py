@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import crawl, curate, embed, export, negatives  # noqa: F401  (registers their stages)
+from pipeline import imgdiff  # noqa: F401  (registers imgdiff_generate)
 from pipeline.core.stage import ConfigError, Stage, build, registered
 
 

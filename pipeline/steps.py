@@ -55,6 +55,7 @@ def crawl(
     overwrite: bool = False,
     keep_columns: tuple[str, ...] | list[str] | str = (),
     retry_failed: bool = False,
+    shard_by_host: bool = False,
 ) -> dict[str, Any]:
     """Add url lists to table `urls` (only urls not seen before, as new shards), then crawl the
     shards not crawled yet into `raw` (crawl stage `params`). The report's `refused` counts the
@@ -73,6 +74,7 @@ def crawl(
         return {"stage": "crawl", "retry_failed": vars(result), "recovered": result.recovered, "rows_retried": result.rows_retried}
     ingest = ingest_urls(
         dataset, url_files, url_col=url_col, caption_col=caption_col, shard_rows=shard_rows, overwrite=overwrite, keep_columns=keep_columns,
+        shard_by_host=shard_by_host,
     )
     report = runner.run(CrawlStage, params, dataset, S.URLS, S.RAW, overwrite=overwrite)
     out = _finish(dataset, report)
@@ -117,9 +119,13 @@ def curate(dataset: Dataset, thresholds: dict[str, Any]) -> list[dict[str, Any]]
     return catalog.query("SELECT * FROM funnel").to_pylist()
 
 
-def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, knn: dict[str, Any] | None = None) -> dict[str, Any]:
+def negatives(
+    dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False,
+    knn: dict[str, Any] | None = None, blind: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Generated negatives into `neg_text`; with `knn` ({max_cosine, k}), also kNN-mined ones
-    into `neg_knn` (needs embeddings)."""
+    into `neg_knn` (needs embeddings); with `blind` ({max_accuracy, folds, rounds, seed}), the
+    blind scores of neg_text's pairs and the refinement's decisions into `neg_blind`."""
     if knn is not None and not dataset.table(S.EMBEDDINGS).exists():  # say so before, not after, the long part
         raise ConfigError(f"negatives.knn needs embeddings: run `foil embed --dataset {dataset.url}` first, or drop negatives.knn")
     # Reads the curated view shard by shard (its `shard` column is the raw shard), so only
@@ -128,12 +134,91 @@ def negatives(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | Ra
     out = _finish(dataset, report)
     if knn is not None:
         out["knn"] = mine_knn(dataset, **knn, overwrite=overwrite)
+    if blind is not None:
+        out["blind"] = blind_refine(dataset, blind, overwrite=overwrite)
     return out
 
 
+def blind_refine(dataset: Dataset, params: dict[str, Any], overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Blind (text-only) scores of every neg_text pair and the adversarial refinement into
+    `neg_blind`; the `negatives` view then keeps only what the refinement kept."""
+    from pipeline.core.runners import run_dataset_step
+    from pipeline.negatives.blind import BlindRefineStep
+
+    if not dataset.table(S.NEG_TEXT).exists():
+        raise ConfigError(f"blind refinement needs text negatives: run `foil negatives --dataset {dataset.url}` first")
+    report = run_dataset_step(BlindRefineStep(**params, progress=progress), dataset, overwrite=overwrite)
+    Catalog(dataset).refresh()
+    return dict(report.stats)
+
+
 def export(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False, webdataset: bool = False) -> dict[str, Any]:
-    report = runner.run(ExportStage, params, dataset, S.RAW, S.TRAIN, input_view="export_rows", overwrite=overwrite)
+    """Table `train` from the `export_rows` view; negative images and Img-Diff pairs are read
+    from the dataset's `neg_image` and `imgdiff` shards that the view names."""
+    if "dataset" in params:
+        raise ConfigError("export.dataset: set by foil itself (the dataset being exported); remove it from the recipe")
+    report = runner.run(ExportStage, {**params, "dataset": dataset.url}, dataset, S.RAW, S.TRAIN, input_view="export_rows", overwrite=overwrite)
     out = _finish(dataset, report)
     if webdataset:
         out["webdataset"] = write_webdataset(dataset)
     return out
+
+
+def neg_image(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, overwrite: bool = False) -> dict[str, Any]:
+    """Image hard negatives (the recipe's `neg_image` section) into table `neg_image`: the
+    diffusion methods asked for (p2p, inpaint) run shard by shard on the runner's workers into
+    their own tables first, then one step commits the mined rows with theirs."""
+    from pipeline.negatives.image import GENERATED_TABLES, EmbedScorer, ImageNegativesConfig, check_inputs, commit
+    from pipeline.negatives.image_generate import GeneratedImageNegativesStage
+
+    config = ImageNegativesConfig.from_dict(params)
+    check_inputs(dataset)  # before any generation
+    Catalog(dataset).refresh()
+    scorer = EmbedScorer.of_dataset(dataset)
+    out: dict[str, Any] = {"generated": {}}
+    for method, settings in config.generate.items():
+        stage_params = {
+            **settings, "method": method, "kinds": list(config.kinds), "margin": config.margin,
+            "embed_model": scorer.model_name, "embed_pretrained": scorer.pretrained,
+        }
+        report = runner.run(
+            GeneratedImageNegativesStage, stage_params, dataset, S.RAW, GENERATED_TABLES[method],
+            input_view="neg_image_candidates", overwrite=overwrite,
+        )
+        out["generated"][method] = _finish(dataset, report)
+    out.update(commit(dataset, config, overwrite=overwrite))
+    return out
+
+
+def imgdiff(dataset: Dataset, params: dict[str, Any], runner: LocalRunner | RayRunner, generate: dict[str, Any] | None = None,
+            overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Img-Diff pairs into table `imgdiff`. With `generate` (the recipe's `imgdiff.generate`),
+    the replace_object rows of `neg_text` first become image pairs (Prompt-to-Prompt, shard by
+    shard on the runner's workers, table `imgdiff_generated`); then every generated and
+    imported pair goes through the pair filter, the Difference Area Generator and the captioner
+    (`params`: the rest of the `imgdiff` section)."""
+    from pipeline.core.runners import run_dataset_step
+    from pipeline.imgdiff import ImgDiffGenerateStage, ImgDiffStep
+
+    step = ImgDiffStep.from_params(params, progress=progress)  # a bad field fails before any generation
+    out: dict[str, Any] = {}
+    if generate is not None:
+        if not dataset.table(S.NEG_TEXT).exists():
+            raise ConfigError(f"imgdiff.generate needs text negatives: run `foil negatives --dataset {dataset.url}` first, or drop imgdiff.generate")
+        out["generate"] = _finish(dataset, runner.run(ImgDiffGenerateStage, generate, dataset, S.NEG_TEXT, S.IMGDIFF_GENERATED, overwrite=overwrite))
+    if not any(dataset.table(t).exists() for t in ImgDiffStep.inputs):
+        raise ConfigError(f"imgdiff: {dataset.url} has no pairs: import some (`foil imgdiff import`) or set imgdiff.generate in the recipe")
+    report = run_dataset_step(step, dataset, overwrite=overwrite)
+    Catalog(dataset).refresh()
+    out.update(report.as_dict())
+    return out
+
+
+def imgdiff_import(dataset: Dataset, pairs: str, images: str, overwrite: bool = False) -> dict[str, Any]:
+    """Existing image pairs (a pairs file and its image folder) into table `imgdiff_import`."""
+    from pipeline.core.runners import run_dataset_step
+    from pipeline.imgdiff.pairs import ImportPairs
+
+    report = run_dataset_step(ImportPairs(pairs, images), dataset, overwrite=overwrite)
+    Catalog(dataset).refresh()
+    return report.as_dict()

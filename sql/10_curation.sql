@@ -4,6 +4,14 @@
 -- (duplicate ranks, the CLIP-score quantile) are computed once per refresh, so `curated`,
 -- `funnel` and the stages reading them never pay for them again (1M rows: well under a second).
 CREATE OR REPLACE TABLE curation AS
+WITH clip AS (
+    -- The CLIP score the rules use: foil's own (`foil embed`), or one the url lists carried
+    -- (`curate.clip_score_from`: a kept column such as DataComp's clip_l14_similarity_score).
+    SELECT sample_id, clip_score FROM embeddings WHERE ${clip_score_from} = 'embeddings'
+    UNION ALL
+    SELECT sample_id, TRY_CAST(json_extract_string(extra, '$$.' || ${clip_score_from}) AS FLOAT) AS clip_score
+    FROM raw_extra WHERE ${clip_score_from} <> 'embeddings'
+)
 SELECT
     r.sample_id, r.url, r.caption, r.status, r.error, r.shard,
     s.width, s.height, s.aspect_ratio, s.caption_words, s.caption_chars, s.sha256, s.phash,
@@ -22,13 +30,13 @@ SELECT
         WHEN e.clip_score < ${min_clip_score} THEN 'low_clip_score'
         -- DataComp's "CLIP score top k%": the cut is the pool's (1 - k) quantile of CLIP score
         WHEN ${clip_score_top_fraction} < 1
-             AND e.clip_score < (SELECT quantile_cont(clip_score, 1 - ${clip_score_top_fraction}) FROM embeddings) THEN 'low_clip_score'
+             AND e.clip_score < (SELECT quantile_cont(clip_score, 1 - ${clip_score_top_fraction}) FROM clip) THEN 'low_clip_score'
         WHEN row_number() OVER (PARTITION BY s.sha256 ORDER BY r.sample_id) > 1 THEN 'duplicate:sha256'
         WHEN d.kind IS NOT NULL THEN 'duplicate:' || d.kind
     END AS drop_reason, d.duplicate_of
 FROM raw r
 LEFT JOIN scores s ON s.sample_id = r.sample_id
-LEFT JOIN embeddings e ON e.sample_id = r.sample_id
+LEFT JOIN clip e ON e.sample_id = r.sample_id
 LEFT JOIN duplicates d ON d.sample_id = r.sample_id;
 
 CREATE OR REPLACE VIEW curated AS

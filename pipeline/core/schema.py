@@ -24,6 +24,11 @@ METRICS = "metrics"
 EMBEDDINGS = "embeddings"
 NEG_IMAGE = "neg_image"
 IMGDIFF = "imgdiff"
+# The pairs `imgdiff` analyses (IMGDIFF_SCHEMA, analysis columns null): generated from neg_text,
+# and imported by `foil imgdiff import`.
+IMGDIFF_GENERATED = "imgdiff_generated"
+IMGDIFF_IMPORT = "imgdiff_import"
+NEG_BLIND = "neg_blind"  # blind (text-only) scores of neg_text's pairs and the refinement's decision
 
 # Columns shared across tables.
 SAMPLE_ID = "sample_id"
@@ -67,12 +72,16 @@ GENERATOR = "generator"
 CHECKS = "checks"
 SOURCE_ID = "source_id"  # kNN-mined negatives: the row the negative comes from
 
+# neg_blind: how well a text-only scorer tells the caption from the negative (pipeline/negatives/blind.py)
+BLIND_SCORE = "blind_score"  # held-out margin decision(caption) - decision(negative), fitted on all candidates; > 0: blind-solvable
+BLIND_SCORE_REFINED = "blind_score_refined"  # the same under a scorer refitted on the kept pairs (null when rejected)
+
 # neg_image: an image that shows a text negative's caption
 METHOD = "method"  # mined | inpaint | p2p
 MASK = "mask"  # PNG of the edited region (inpaint), or null
 BOX = "box"  # [x0, y0, x1, y1] in pixels of the changed region, or null
 SEED = "seed"
-PIPELINE = "pipeline"  # the diffusion pipeline's id (its folder or file, or tiny-*), or null for mined
+PIPELINE = "pipeline"  # the diffusion pipeline's id (its folder or file, or tiny:<kind>), or null for mined
 SCORE_NEGATIVE = "score_negative"  # cosine(negative image, negative caption), embed model
 SCORE_POSITIVE = "score_positive"  # cosine(negative image, positive caption)
 TRAINABLE = "trainable"  # false for rows made by a random-weight pipeline: never exported
@@ -95,6 +104,11 @@ FILTER_REASON = "filter_reason"  # why the pair was dropped, or null when kept
 NEG_KIND = "negative_kind"
 NEG_IMAGE_COL = "negative_image"  # an image showing `negative_caption`, or null
 SPLIT = "split"
+# export_rows (the view export reads): where a row's negative image or Img-Diff image lives
+NEG_IMAGE_METHOD = "negative_image_method"  # neg_image's method, `imgdiff` for a pair's rows, or null
+NEG_IMAGE_SHARD = "negative_image_shard"  # the neg_image shard holding the row's negative image
+PAIR_SIDE = "pair_side"  # a or b: which image of the Img-Diff pair is the row's own
+PAIR_SHARD = "pair_shard"  # the imgdiff shard holding the pair
 
 # embeddings
 IMAGE_EMBEDDING = "image_embedding"
@@ -178,6 +192,7 @@ TRAIN_SCHEMA = pa.schema(
         (NEG_KIND, pa.string()),
         (SPLIT, pa.string()),
         (IMAGE, pa.binary()),
+        (NEG_IMAGE_COL, pa.binary()),
     ]
 )
 
@@ -221,6 +236,17 @@ IMGDIFF_SCHEMA = pa.schema(
         (CHECKS, pa.list_(pa.string())),
         (IMAGE_A, pa.binary()),
         (IMAGE_B, pa.binary()),
+    ]
+)
+
+NEG_BLIND_SCHEMA = pa.schema(
+    [
+        (SAMPLE_ID, pa.string()),
+        (KIND, pa.string()),
+        (NEG_CAPTION, pa.string()),
+        (BLIND_SCORE, pa.float32()),
+        (BLIND_SCORE_REFINED, pa.float32()),
+        (FILTER_REASON, pa.string()),  # blind_too_easy, or null when kept
     ]
 )
 

@@ -20,8 +20,13 @@ runner: {kind: ray, retries: 1}
 crawl:
   shard_rows: 40
   params: {image_size: 64, resize_mode: border, encode_format: png, encode_quality: 6, thread_count: 8}
-curate: {min_width: 32, min_height: 32}
-negatives: {kinds: [replace_attribute, replace_object], seed: 0}
+heads: {model: foil-effnet-lite0-minilm, steps: 40, batch_size: 64}
+dedup: {semantic_threshold: 0.99}
+curate: {min_width: 32, min_height: 32, clip_score_top_fraction: 0.9}
+negatives: {kinds: [replace_attribute, replace_object], seed: 0, knn: {k: 8}}
+neg_image:
+  methods: [mined, p2p]
+  p2p: {pipeline: "tiny:txt2img", steps: 2, max_per_shard: 1}
 export: {eval_percent: 20, webdataset: true}
 train: {model: foil-tiny-vit, steps: 6, batch_size: 16, warmup_steps: 1, checkpoint_every: 3, log_every: 3, workers: 1}
 """
@@ -53,13 +58,33 @@ def test_demo_end_to_end_then_resume(tmp_path, emoji_dir):
     assert sql(out, "select count(*) as n from raw") == [{"n": 120}]
     assert sql(out, "select count(distinct sample_id) as n from raw") == [{"n": 120}]
     curated = sql(out, "select count(*) as n from curated")[0]["n"]
-    assert 100 <= curated <= 120
+    assert curated == sql(out, "select count(*) as n from curation where drop_reason is null")[0]["n"]
+    assert 80 <= curated < 120
+    # the whole loop ran: the flow's own filter model embedded every image, and its CLIP score
+    # removed the worst-matched tenth of what the rules kept
+    assert sql(out, "select count(*) as n, count(distinct model) as m from embeddings") == [{"n": 120, "m": 1}]
+    removed = {r["reason"]: r["rows"] for r in sql(out, "select reason, rows from funnel")}
+    assert removed["low_clip_score"] > 0
+    assert len(list((out / "heads").glob("heads-*.pt"))) == 1 and (out / "knn_index").is_dir()
+    assert sql(out, "select count(*) as n from neg_knn")[0]["n"] > 0
     funnel = sql(out, "select sum(rows) as n from funnel")
     assert funnel == [{"n": 120}]  # every row is either kept or removed for a named reason
     kinds = {r["kind"]: r["negatives"] for r in sql(out, "select * from neg_text_kinds")}
     assert kinds["replace_attribute"] > 0 and kinds["replace_object"] > 0
     train_rows = sql(out, "select split, count(*) as n from train group by split order by split")
     assert sum(r["n"] for r in train_rows) == curated and {r["split"] for r in train_rows} == {"eval", "train"}
+    # image negatives: mined ones (real images) are trained on, the tiny pipeline's never
+    methods = {r["method"]: r for r in sql(out, "select method, count(*) as n, bool_and(trainable) as t, bool_or(trainable) as any_t from neg_image group by method")}
+    assert methods["mined"]["n"] > 0 and methods["mined"]["t"]
+    assert "p2p" not in methods or not methods["p2p"]["any_t"]
+    # the tiny pipeline ran on one candidate per crawl shard: each image kept or rejected by a named check
+    p2p_made = sql(out, "select count(*) as n from neg_image_p2p")[0]["n"]
+    p2p_rejected = sql(out, "select coalesce(sum(rows), 0) as n from drop_reasons where table_name = 'neg_image_p2p' and reason like 'p2p:%'")[0]["n"]
+    assert p2p_made == methods.get("p2p", {"n": 0})["n"] and 1 <= p2p_made + p2p_rejected <= 3
+    expected = sql(out, "select count(distinct n.sample_id) as n from neg_image n join curated c using (sample_id) where n.trainable")[0]["n"]
+    assert sql(out, "select count(*) as n from train where negative_image is not null")[0]["n"] == expected > 0
+    agree = "select count(distinct t.sample_id) as n from train t join neg_image n on n.sample_id = t.sample_id and n.negative_caption = t.negative_caption and n.trainable where t.negative_image is not null"
+    assert sql(out, agree)[0]["n"] == expected  # each negative image came with its own caption
     curve = sql(out, "select step, value from train_metrics where name = 'loss' order by step")
     assert [r["step"] for r in curve] == [3, 6]
     evals = {r["name"]: r["value"] for r in sql(out, "select name, value from eval_metrics")}
