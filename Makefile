@@ -49,7 +49,7 @@ demo: sample wordnet
 	$(BIN)/foil demo --out $(DEMO_OUT)
 
 test: sample wordnet chromium
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 bench: sample wordnet bench-data
 	@for b in tests/benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

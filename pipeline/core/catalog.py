@@ -124,8 +124,8 @@ class Catalog:
         # connection (DuckDB's httpfs extension cannot be installed offline, and is not needed).
         self.path = dataset.path(CATALOG_FILE) if dataset.is_local else _remote_catalog_path(dataset)
 
-    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(self.path, read_only=read_only)
+    def _connect(self, read_only: bool, path: str | None = None) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(path or self.path, read_only=read_only)
         if not self.dataset.is_local:
             con.register_filesystem(self.dataset.fs)
         return con
@@ -146,7 +146,14 @@ class Catalog:
         status: dict[str, str] = {}
         thresholds = self.thresholds()
         self.dataset.fs.makedirs(self.dataset.root, exist_ok=True)
-        con = self._connect(read_only=False)
+        # Built whole in a new file, then renamed over the old one: no view of a table that no
+        # longer exists survives (a cleared table, a bucket emptied under a cached catalog), and
+        # a reader sees the old catalog or the new one, never one half refreshed.
+        import os
+        import uuid
+
+        building = f"{self.path}.{uuid.uuid4().hex}.tmp"
+        con = self._connect(read_only=False, path=building)
         try:
             for name in self.dataset.tables():
                 table = self.dataset.table(name)
@@ -183,8 +190,13 @@ class Catalog:
                     status[f.name] = f"skipped: {str(exc).splitlines()[0]}"
             con.execute("CREATE OR REPLACE TABLE foil_views (source VARCHAR, status VARCHAR)")
             con.executemany("INSERT INTO foil_views VALUES (?, ?)", sorted(status.items()))
+            con.close()
+            os.replace(building, self.path)
         finally:
             con.close()
+            for leftover in (building, f"{building}.wal"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
         return status
 
     def connect(self) -> duckdb.DuckDBPyConnection:
