@@ -4,7 +4,11 @@ Data streams from the `train` table's parquet shards through Ray Data (each work
 own split, so a dataset larger than memory works). Decoding (PNG/JPEG to uint8 arrays,
 tokenizing) runs in Ray Data's own actors, `DECODE_AHEAD` batches ahead of the training step,
 so the step never waits for it; reads and decoding are given no CPU reservation, so they never
-block the training workers from being placed on a small machine. Each worker is given its share
+block the training workers from being placed on a small machine. Ray Data runs that pipeline
+again for every epoch (a new actor pool each time, ~10 s on a laptop); a training split whose
+decoded arrays fit in `DECODE_ONCE_BYTES` is decoded once and kept in Ray's object store, so
+later epochs cost only the shuffle; one of at most `IN_PROCESS_MAX_ROWS` rows is decoded by the
+driver itself, before any actor starts (faster than starting them). Each worker is given its share
 of the node's CPUs (Ray then sets its torch thread count to that share; with one CPU reserved,
 as Ray Train's default, torch on a 2-core laptop would run one thread and half as fast as the
 same loop in a plain process).
@@ -29,10 +33,13 @@ from typing import Any, Iterator
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from pipeline.core import schema as S
+from pipeline.core.runners import IN_PROCESS_MAX_ROWS
 from pipeline.core.stage import ConfigError
 from pipeline.core.store import Dataset, atomic_write_bytes
 from pipeline.models import factory as M
@@ -44,6 +51,7 @@ from training.losses import build_loss
 CHECKPOINT_MODEL = "open_clip_model.pt"
 CHECKPOINT_STATE = "train_state.pt"
 DECODE_AHEAD = 4  # decoded batches kept ready per worker (Ray Data's iterator prefetch)
+DECODE_ONCE_BYTES = 512 * 2**20  # decoded training splits up to this size are decoded once, not every epoch
 
 
 def _endless_batches(shard: Any, batch_size: int, device: torch.device, seed: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -62,14 +70,18 @@ def _endless_batches(shard: Any, batch_size: int, device: torch.device, seed: in
         epoch += 1
 
 
+def _footers(files: list[str]) -> Iterator[pq.FileMetaData]:
+    for uri in files:
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:
+            yield pq.ParquetFile(f).metadata
+
+
 def negative_image_rows(files: list[str]) -> int:
     """Rows of the `train` shards with a negative image, from the parquet footers' null counts
     (no image bytes are read). A row group without statistics counts as having them all."""
     total = 0
-    for uri in files:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
+    for meta in _footers(files):
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
         if S.NEG_IMAGE_COL not in names:
             continue
@@ -80,6 +92,38 @@ def negative_image_rows(files: list[str]) -> int:
             nulls = stats.null_count if stats is not None and stats.has_null_count else 0
             total += group.num_rows - nulls
     return total
+
+
+def shard_rows(files: list[str]) -> int:
+    """Rows in the shards (every split), from the footers."""
+    return sum(meta.num_rows for meta in _footers(files))
+
+
+def decoded_bytes(rows: int, model: str) -> int:
+    """The decoded size of `rows` rows as `BatchDecoder` makes them: two uint8 images and two
+    token rows each."""
+    size = M.image_size(model)
+    return rows * (2 * size * size * 3 + 2 * 8 * M.context_length(model) + 2)
+
+
+def decode_in_process(files: list[str], columns: list[str], model: str, block_rows: int) -> list[pa.Table]:
+    """The `train` split of the shards decoded here, in blocks of `block_rows` rows (tensor
+    columns Ray Data hands back as the same numpy arrays `BatchDecoder` made). Blocks of one
+    batch each let every epoch's split between workers start at once (one large block makes
+    each epoch wait seconds for it to be sliced)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    decode = BatchDecoder(model)
+    blocks = []
+    for uri in files:
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f, columns=columns)
+        table = table.filter(pc.equal(table[S.SPLIT], "train"))
+        for start in range(0, table.num_rows, block_rows):
+            batch = decode(table.slice(start, block_rows).to_pydict())
+            blocks.append(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in batch.items()}))
+    return blocks
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -250,13 +294,19 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     fs.makedirs(run_dir, exist_ok=True)
     curve_path = f"{storage.rstrip('/')}/{run_name}/curve.jsonl"
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
-    data = ray.data.read_parquet(files, columns=columns, ray_remote_args={"num_cpus": 0}).filter(expr=col(S.SPLIT) == "train", num_cpus=0)
-    # Decoded off the training step, by actors that build their tokenizer once; their output is
-    # what each worker's iterator prefetches (DECODE_AHEAD batches).
-    data = data.map_batches(
-        BatchDecoder, fn_constructor_args=(cfg.model,), batch_size=cfg.batch_size, batch_format="numpy",
-        concurrency=max(1, workers), num_cpus=0,
-    )
+    rows = shard_rows(files)
+    if rows <= IN_PROCESS_MAX_ROWS and decoded_bytes(rows, cfg.model) <= DECODE_ONCE_BYTES:
+        data = ray.data.from_arrow(decode_in_process(files, columns, cfg.model, cfg.batch_size))
+    else:
+        data = ray.data.read_parquet(files, columns=columns, ray_remote_args={"num_cpus": 0}).filter(expr=col(S.SPLIT) == "train", num_cpus=0)
+        # Decoded off the training step, by actors that build their tokenizer once; their output
+        # is what each worker's iterator prefetches (DECODE_AHEAD batches).
+        data = data.map_batches(
+            BatchDecoder, fn_constructor_args=(cfg.model,), batch_size=cfg.batch_size, batch_format="numpy",
+            concurrency=max(1, workers), num_cpus=0,
+        )
+        if decoded_bytes(rows, cfg.model) <= DECODE_ONCE_BYTES:
+            data = data.materialize()  # decoded once; each epoch then reads the blocks from the object store
     cpus = cpus_per_worker(workers)
     start = time.perf_counter()
     trainer = TorchTrainer(

@@ -142,6 +142,11 @@ def image_size(name: str) -> int:
     return size if isinstance(size, int) else size[0]
 
 
+def context_length(name: str) -> int:
+    """Tokens per caption the model's tokenizer produces (open_clip's default is 77)."""
+    return int(model_config(name).get("text_cfg", {}).get("context_length", 77))
+
+
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     """[B, H, W, 3] uint8 -> [B, 3, H, W] float, normalised as open_clip's preprocessing does."""
     x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)

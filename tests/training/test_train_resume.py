@@ -22,7 +22,7 @@ from pipeline.models import factory as M
 from training.ray_train import read_curve
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = {"steps": 10, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "warmup_steps": 1}
+CONFIG = {"steps": 12, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "warmup_steps": 1}
 
 TRAIN = textwrap.dedent(
     f"""
@@ -61,7 +61,9 @@ def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_di
     while time.time() < deadline and proc.poll() is None:
         curves = list(out.glob("*/curve.jsonl"))
         curve = curves[0] if curves else None
-        if curve and any(e.get("step", 0) >= 5 and "event" not in e for e in _events(curve)):
+        # Killed once Ray has recorded a checkpoint (what a rerun resumes from) and training went past it.
+        snapshot = curve.parent / "checkpoint_manager_snapshot.json" if curve else None
+        if snapshot and snapshot.exists() and any(e.get("step", 0) >= 5 and "event" not in e for e in _events(curve)):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed"
@@ -82,7 +84,7 @@ def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_di
     assert after == list(range(resumed_at + 1, CONFIG["steps"] + 1))  # no step skipped, none repeated
     assert [r["step"] for r in read_curve(curve)] == list(range(1, CONFIG["steps"] + 1))
 
-    weights = next(out.glob("*/checkpoint_step_0000010/open_clip_model.pt"))
+    weights = next(out.glob("*/checkpoint_step_0000012/open_clip_model.pt"))
     M.register_foil_configs()  # foil's architectures, as a user does before loading (README)
     loaded, _, _ = open_clip.create_model_and_transforms("foil-tiny-vit", pretrained=str(weights))
     mine = M.create_model("foil-tiny-vit")
