@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.core.stage import ConfigError
+from pipeline.diffusion.attention import finish, project
 from pipeline.diffusion.loading import LoadedPipeline, fast_tokenizer
 
 MIDDLE_TIMESTEP = 0.5  # fraction of the training schedule: noisy enough to read the layout, not lost
@@ -71,33 +72,11 @@ class CrossAttentionRecorder:
     def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None, attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        is_cross = encoder_hidden_states is not None
-        context = hidden_states if not is_cross else (attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        probs = attn.get_attention_scores(query, key, attention_mask)  # [batch*heads, tokens, keys]
-        if is_cross:
+        p = project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        probs = attn.get_attention_scores(p.query, p.key, p.mask)  # [batch*heads, tokens, keys]
+        if p.is_cross:
             self.maps.append(probs[:, :, self.token_positions].sum(-1).float())  # [heads, tokens] (batch 1)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return finish(attn, torch.bmm(probs, p.value), p)
 
 
 def cross_attention_maps(

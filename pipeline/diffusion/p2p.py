@@ -23,6 +23,7 @@ import difflib
 from typing import Any, Sequence
 
 from pipeline.core.stage import ConfigError
+from pipeline.diffusion.attention import finish, project
 from pipeline.diffusion.loading import LoadedPipeline
 
 P2P_KINDS = ("txt2img", "sdxl")
@@ -94,24 +95,9 @@ class Prompt2PromptProcessor:
         import torch.nn.functional as F
 
         step = self._advance(attn)
-        is_cross = encoder_hidden_states is not None
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch, tokens, _ = hidden_states.shape
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if not is_cross else (attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states)
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
-
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # [batch*heads, tokens, head_dim]
-        key = attn.head_to_batch_dim(attn.to_k(context))  # [batch*heads, keys, head_dim]
-        value = attn.head_to_batch_dim(attn.to_v(context))
+        projected = project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        query, key, value, attention_mask = projected.query, projected.key, projected.value, projected.mask
+        is_cross, batch, tokens = projected.is_cross, projected.batch, projected.tokens
         heads = attn.heads
 
         if is_cross:
@@ -153,14 +139,7 @@ class Prompt2PromptProcessor:
             pieces.append(torch.bmm(probs_tgt, value[tgt]))
             out = torch.cat(pieces, dim=0)
 
-        hidden_states = attn.batch_to_head_dim(out)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return finish(attn, out, projected)
 
 
 def initial_latents(loaded: LoadedPipeline, seeds: Sequence[int], height: int, width: int) -> Any:

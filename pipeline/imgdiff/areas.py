@@ -175,6 +175,8 @@ class DifferenceAreaGenerator:
         max_boxes: int = 10,
         min_area_fraction: float = 1 / 400,
     ):
+        if isinstance(proposers, str) or not isinstance(proposers, (list, tuple)) or not all(isinstance(p, str) for p in proposers):
+            raise ConfigError(f"imgdiff.proposers: must be a list of proposer names, got {proposers!r}")
         if not proposers:
             raise ConfigError("imgdiff.proposers: give at least one proposer")
         self.proposers = tuple(proposers)

@@ -196,26 +196,19 @@ class ImgDiffStep(DatasetStep):
         pretrained: str | None = None,
         lower: float = 0.9,
         upper: float = 0.98,
-        proposers: tuple[str, ...] | list[str] = ("difference",),
-        pixel_threshold: float = 0.1,
-        open_px: int = 1,
-        crop_threshold: float = 0.85,
-        text_threshold: float | None = None,
-        nms_iou: float = 0.5,
-        max_boxes: int = 10,
-        min_area_fraction: float = 1 / 400,
         captioner: str = "template",
         batch_pairs: int = 64,
         progress: bool = True,
+        **areas: Any,
     ):
+        """`areas`: the Difference Area Generator's own parameters and defaults (proposers,
+        thresholds, NMS, box limits; see `DifferenceAreaGenerator`)."""
         super().__init__()
         for name, value in (("lower", lower), ("upper", upper)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
                 raise ConfigError(f"imgdiff.{name}: must be a cosine in [-1, 1], got {value!r}")
         if lower >= upper:
             raise ConfigError(f"imgdiff.lower: must be below imgdiff.upper ({lower} >= {upper})")
-        if not isinstance(proposers, (list, tuple)) or not all(isinstance(p, str) for p in proposers):
-            raise ConfigError(f"imgdiff.proposers: must be a list of proposer names, got {proposers!r}")
         if model is None and pretrained is not None:
             raise ConfigError("imgdiff.pretrained: given without imgdiff.model")
         if model is not None:
@@ -226,10 +219,8 @@ class ImgDiffStep(DatasetStep):
             except KeyError as exc:
                 raise ConfigError(f"imgdiff.model: {exc.args[0]}") from None
         self.scorer = F.make_scorer(model, pretrained)
-        self.areas = DifferenceAreaGenerator(
-            tuple(proposers), pixel_threshold, open_px, crop_threshold, text_threshold, nms_iou, max_boxes, min_area_fraction,
-        )
-        if text_threshold is not None and model is None:
+        self.areas = DifferenceAreaGenerator(**areas)
+        if self.areas.text_threshold is not None and model is None:
             raise ConfigError("imgdiff.text_threshold: matching crops to words needs an embed model (imgdiff.model)")
         self.captioner_name = captioner
         self.captioner = make_captioner(captioner)
@@ -240,7 +231,8 @@ class ImgDiffStep(DatasetStep):
     @classmethod
     def from_params(cls, params: dict[str, Any], progress: bool = True) -> "ImgDiffStep":
         """From the recipe's `imgdiff` section, refusing unknown fields by name."""
-        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "progress")]
+        own = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "progress", "areas")]
+        accepted = own + [p for p in inspect.signature(DifferenceAreaGenerator.__init__).parameters if p != "self"]
         for key in params:
             if key not in accepted:
                 raise ConfigError(f"imgdiff.{key}: unknown field; known: generate, {', '.join(accepted)}")

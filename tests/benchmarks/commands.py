@@ -27,14 +27,12 @@ the tree before a change) with this venv, for before/after figures.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -180,37 +178,20 @@ def train_pair(steps: int, work: Path, sample: Path, items):
 
 # -- embed ------------------------------------------------------------------------------------
 def embed_pair(n: int, work: Path, sample: Path, items):
-    import pyarrow as pa
     import torch
 
     from pipeline.core import schema as S
     from pipeline.core.store import Dataset, shard_name
     from pipeline.models import factory as M
+    from tests.benchmarks.embed import write_inputs
 
     torch.manual_seed(0)
     ckpt = work / "embed-model.pt"
     M.save_open_clip_checkpoint(M.create_model(MODEL), ckpt, 0, MODEL)
     tars = work / f"tars-{n}"
-    tars.mkdir()
     raw = work / f"embed-raw-{n}"
     per = 1000  # clip-retrieval's reader wants at least one tar per preprocessing worker
-    rows = {name: [] for name in S.RAW_SCHEMA.names}
-    members: list[tuple[str, bytes]] = []
-    for i in range(n):
-        it = items[i % len(items)]
-        blob = (sample / "img/google/64" / it.image).read_bytes()
-        members += [(f"{i:06d}.png", blob), (f"{i:06d}.txt", it.caption.encode())]
-        url = f"http://h/{i}.png"
-        values = {S.SAMPLE_ID: S.sample_id(url, it.caption), S.URL: url, S.CAPTION: it.caption, S.STATUS: "success", S.IMAGE: blob}
-        for name in S.RAW_SCHEMA.names:
-            rows[name].append(values.get(name))
-    for s in range(0, len(members), 2 * per):
-        with tarfile.open(tars / f"{s // (2 * per):05d}.tar", "w") as tar:
-            for name, data in members[s : s + 2 * per]:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    table = pa.table(rows, schema=S.RAW_SCHEMA)
+    table = write_inputs(sample, items, n, tars, per)
     names = [shard_name(s // per) for s in range(0, n, per)]
     for s, name in zip(range(0, n, per), names):
         Dataset(raw).table(S.RAW).write_shard(name, table.slice(s, per), stats={"rows_out": min(per, n - s)})

@@ -26,6 +26,33 @@ import time
 from pathlib import Path
 
 
+def write_inputs(sample: Path, items, n: int, tars: Path, per: int = 1000):
+    """`n` emoji PNGs with their captions, as clip-retrieval reads them (webdataset tars of `per`
+    pairs each, written into `tars`) and as foil's `raw` table holds them (returned, unwritten)."""
+    import pyarrow as pa
+
+    from pipeline.core import schema as S
+
+    tars.mkdir()
+    rows = {name: [] for name in S.RAW_SCHEMA.names}
+    members: list[tuple[str, bytes]] = []
+    for i in range(n):
+        it = items[i % len(items)]
+        blob = (sample / "img/google/64" / it.image).read_bytes()
+        members += [(f"{i:06d}.png", blob), (f"{i:06d}.txt", it.caption.encode())]
+        url = f"http://h/{i}.png"
+        values = {S.SAMPLE_ID: S.sample_id(url, it.caption), S.URL: url, S.CAPTION: it.caption, S.STATUS: "success", S.IMAGE: blob}
+        for name in S.RAW_SCHEMA.names:
+            rows[name].append(values.get(name))
+    for s in range(0, len(members), 2 * per):
+        with tarfile.open(tars / f"{s // (2 * per):05d}.tar", "w") as tar:
+            for name, data in members[s : s + 2 * per]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return pa.table(rows, schema=S.RAW_SCHEMA)
+
+
 def main() -> None:
     from flows.environment import apply_defaults
 
@@ -58,26 +85,9 @@ def main() -> None:
         M.save_open_clip_checkpoint(M.create_model(args.model), ckpt, 0, args.model)
 
         tars = work / "tars"
-        tars.mkdir()
-        members: list[tuple[str, bytes]] = []
         ds = Dataset(work / "ds")
-        rows = {name: [] for name in S.RAW_SCHEMA.names}
-        for i in range(args.images):
-            it = items[i % len(items)]
-            blob = (sample / "img/google/64" / it.image).read_bytes()
-            members += [(f"{i:06d}.png", blob), (f"{i:06d}.txt", it.caption.encode())]
-            url = f"http://h/{i}.png"
-            values = {S.SAMPLE_ID: S.sample_id(url, it.caption), S.URL: url, S.CAPTION: it.caption, S.STATUS: "success", S.IMAGE: blob}
-            for name in S.RAW_SCHEMA.names:
-                rows[name].append(values.get(name))
         per = 1000
-        for s in range(0, len(members), 2 * per):
-            with tarfile.open(tars / f"{s // (2 * per):05d}.tar", "w") as tar:
-                for name, data in members[s : s + 2 * per]:
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        table = pa.table(rows, schema=S.RAW_SCHEMA)
+        table = write_inputs(sample, items, args.images, tars, per)
         for s in range(0, table.num_rows, per):
             ds.table(S.RAW).write_shard(shard_name(s // per), table.slice(s, per))
         ds.table(S.RAW).write_manifest("crawl", {}, [S.URLS])

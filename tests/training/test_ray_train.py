@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -73,3 +74,22 @@ def test_two_worker_training_records_run_curve_and_eval(tmp_path, emoji_dir, few
     recorded = cat.query(f"select name, value from eval_metrics where run_id = '{run_id}'").to_pylist()
     assert {r["name"]: r["value"] for r in recorded} == pytest.approx(metrics)
     assert {"image_to_text_R@1", "text_to_image_R@1", "hard_negative_accuracy"} <= set(metrics)
+
+
+def test_a_small_split_is_decoded_by_the_driver_exactly_as_the_decoder_actors_would(tmp_path, emoji_dir, few_emoji):
+    from training.data import BatchDecoder
+    from training.ray_train import decode_in_process, decoded_bytes, shard_rows
+
+    ds = Dataset(tmp_path / "ds")
+    table = _train_table(emoji_dir, few_emoji[:20])
+    ds.table(S.TRAIN).write_shard("part-00000", table)
+    files = ds.table(S.TRAIN).shard_uris()
+    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT, S.NEG_IMAGE_COL]
+    blocks = decode_in_process(files, columns, "foil-tiny-vit", block_rows=3)
+    train = table.filter(pc.equal(table[S.SPLIT], "train"))
+    assert [b.num_rows for b in blocks] == [3, 3, 3, 3, 3, 1] and sum(b.num_rows for b in blocks) == train.num_rows == 16
+    expected = BatchDecoder("foil-tiny-vit")(train.select(columns).to_pydict())
+    for name, want in expected.items():
+        got = np.concatenate([b.column(name).combine_chunks().to_numpy(zero_copy_only=False) for b in blocks])
+        assert got.shape == want.shape and np.array_equal(got, want), name
+    assert shard_rows(files) == 20 and decoded_bytes(20, "foil-tiny-vit") == 20 * (2 * 64 * 64 * 3 + 2 * 8 * 32 + 2)
