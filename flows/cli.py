@@ -545,11 +545,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if not Path(args.checkpoint).is_file():
-        raise UsageError(f"--checkpoint: {args.checkpoint} is not a file")
-    from pipeline.models.factory import check_checkpoint
+    from pipeline.models.factory import check_checkpoint, local_weights
 
-    check_checkpoint(args.checkpoint)  # not a checkpoint: one line, before any flow starts
+    try:
+        local = local_weights(args.checkpoint)  # a URI (s3://...) is copied into foil's cache once
+    except FileNotFoundError:
+        local = None
+    if local is None or not Path(local).is_file():
+        raise UsageError(f"--checkpoint: {args.checkpoint} is not a file")
+    check_checkpoint(local)  # not a checkpoint: one line, before any flow starts
     if not (args.dataset or args.sugarcrepe or args.pairs or args.zeroshot or args.retrieval):
         raise UsageError("nothing to evaluate: give --dataset and/or --sugarcrepe/--pairs/--retrieval/--zeroshot files")
     if args.image_size is not None and args.image_size <= 0:

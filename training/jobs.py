@@ -1,6 +1,7 @@
 """Training and evaluation as steps over a dataset: run, then record results in the catalog.
 
-`train` runs the Ray Train job and records the run (table `runs`) and its training curve
+`train` runs the training (in this process for one worker with no cluster running, else a Ray
+Train job) and records the run (table `runs`) and its training curve
 (table `metrics`, split `train`); `evaluate` loads a checkpoint into an open_clip model and
 records retrieval and hard-negative accuracy (table `metrics`, split `eval`). Each run appends
 its own shard, named after the run, so several runs live side by side.
@@ -18,13 +19,14 @@ import pyarrow.compute as pc
 
 from pipeline.core import schema as S
 from pipeline.core.catalog import Catalog
-from pipeline.core.runners import run_dataset_step
+from pipeline.core.runners import cluster_address, run_dataset_step
 from pipeline.core.stage import DatasetStep
 from pipeline.core.store import Dataset
 from training import eval_files
 from pipeline.models import factory as M
 from training.eval_files import DEFAULT_TEMPLATES
 from training.evaluate import evaluate as evaluate_rows
+from training.local_train import fit_local
 from training.ray_train import TrainConfig, TrainResult, fit
 
 
@@ -65,9 +67,19 @@ def _metric_rows(run_id: str, split: str, step: int, values: dict[str, float]) -
     }
 
 
+def runs_in_process(workers: int, address: str | None = None) -> bool:
+    """One worker and no cluster to attach to (no `address`, `RAY_ADDRESS` or live local head):
+    training runs in this process (training/local_train.py). A Ray this process started for an
+    earlier stage is no reason to pay for Ray Train's worker group."""
+    return workers == 1 and address is None and cluster_address() is None
+
+
 def train(dataset: Dataset, cfg: TrainConfig, out_dir: str, workers: int = 1, use_gpu: bool = False, name: str = "foil-train", address: str | None = None) -> tuple[str, TrainResult]:
     run_id = run_id_for(cfg, dataset, name)
-    result = fit(dataset.url, cfg, out_dir, workers=workers, use_gpu=use_gpu, run_name=run_id, address=address)
+    if runs_in_process(workers, address):
+        result = fit_local(dataset.url, cfg, out_dir, use_gpu=use_gpu, run_name=run_id)
+    else:
+        result = fit(dataset.url, cfg, out_dir, workers=workers, use_gpu=use_gpu, run_name=run_id, address=address)
     curve: dict[str, list] = {c: [] for c in S.METRICS_SCHEMA.names}
     for row in result.history:
         step = int(row.get("step", 0))

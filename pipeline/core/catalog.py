@@ -102,6 +102,9 @@ def validate_thresholds(values: dict[str, Any], where: str = "curate") -> dict[s
     return thresholds
 
 
+CATALOG_VERSION_FILE = "_catalog_version.json"  # in a remote dataset: the version of its latest catalog refresh
+
+
 def _remote_catalog_path(dataset: Dataset) -> str:
     """Where the catalog of a dataset on object storage lives: a local file in foil's cache,
     one per dataset url. It holds only view definitions, rebuilt from the shards by `refresh`,
@@ -141,9 +144,34 @@ class Catalog:
         self.dataset.write_json("curate.json", thresholds)
         return thresholds
 
-    def refresh(self) -> dict[str, str]:
-        """Recreate every view. Returns {view file or table: 'ok' | 'skipped: reason'}."""
+    def _published_version(self) -> str | None:
+        try:
+            return str(self.dataset.read_json(CATALOG_VERSION_FILE)["version"])
+        except (FileNotFoundError, KeyError, TypeError, ValueError):
+            return None
+
+    def _cached_version(self) -> str | None:
+        con = self._connect(read_only=True)
+        try:
+            return con.execute("SELECT version FROM foil_catalog").fetchone()[0]
+        except duckdb.Error:  # a catalog built before versions were recorded
+            return None
+        finally:
+            con.close()
+
+    def refresh(self, publish: bool = True) -> dict[str, str]:
+        """Recreate every view. Returns {view file or table: 'ok' | 'skipped: reason'}.
+
+        For a dataset on object storage, `publish` (what a writer does after a commit) also
+        stores a new version in the bucket (`_catalog_version.json`); every machine's cached
+        catalog records the version it was built at, and `connect` rebuilds a cached catalog
+        whose version is not the bucket's, so a reader sees what another machine committed."""
         status: dict[str, str] = {}
+        version = None
+        if not self.dataset.is_local:
+            import uuid
+
+            version = uuid.uuid4().hex if publish else self._published_version()
         thresholds = self.thresholds()
         self.dataset.fs.makedirs(self.dataset.root, exist_ok=True)
         # Built whole in a new file, then renamed over the old one: no view of a table that no
@@ -190,8 +218,12 @@ class Catalog:
                     status[f.name] = f"skipped: {str(exc).splitlines()[0]}"
             con.execute("CREATE OR REPLACE TABLE foil_views (source VARCHAR, status VARCHAR)")
             con.executemany("INSERT INTO foil_views VALUES (?, ?)", sorted(status.items()))
+            con.execute("CREATE OR REPLACE TABLE foil_catalog (version VARCHAR)")
+            con.execute("INSERT INTO foil_catalog VALUES (?)", [version])
             con.close()
             os.replace(building, self.path)
+            if publish and version is not None:
+                self.dataset.write_json(CATALOG_VERSION_FILE, {"version": version})
         finally:
             con.close()
             for leftover in (building, f"{building}.wal"):
@@ -209,7 +241,9 @@ class Catalog:
             # A remote dataset first opened on this machine: build its views from the shards.
             if not self.dataset.tables():
                 raise ConfigError(f"{self.dataset.url} has no tables: run a stage (or `foil demo`) first")
-            self.refresh()
+            self.refresh(publish=False)
+        elif self._cached_version() != self._published_version():
+            self.refresh(publish=False)  # another machine committed since this copy was built
         return self._connect(read_only=True)
 
     def query(self, sql: str) -> pa.Table:

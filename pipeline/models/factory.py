@@ -75,6 +75,35 @@ def model_config(name: str) -> dict:
     return cfg
 
 
+def local_weights(pretrained: str | Path) -> str:
+    """A checkpoint named by URI (`s3://bucket/run/checkpoint_step_N/open_clip_model.pt`, any
+    fsspec filesystem) copied once into foil's cache, keyed by the URI, size and modification
+    time; a local path (or `file://` URI) as it is. A missing object is FileNotFoundError."""
+    pretrained = str(pretrained)
+    if "://" not in pretrained or pretrained.startswith("file://"):
+        return pretrained.removeprefix("file://")
+    import hashlib
+
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pretrained)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pretrained weights {pretrained!r} not found (foil never downloads weights)") from None
+    stamp = [pretrained, info.get("size"), str(info.get("LastModified") or info.get("mtime") or info.get("ETag"))]
+    key = hashlib.blake2b(json.dumps(stamp).encode(), digest_size=8).hexdigest()
+    target = default_cache_dir() / "weights" / key / Path(path).name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+            with fs.open(path, "rb") as src:
+                while chunk := src.read(8 << 20):
+                    tmp.write(chunk)
+        os.replace(tmp.name, target)
+    return str(target)
+
+
 def check_checkpoint(path: str | Path) -> None:
     """Raise ConfigError, one line naming the file, unless `path` holds a state dict of tensors
     (bare, or under "state_dict" as open_clip_train and foil save it). open_clip's loader assumes
@@ -91,7 +120,8 @@ def check_checkpoint(path: str | Path) -> None:
 
 def create_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> open_clip.CLIP:
     """An open_clip model that returns a dict (the loss's argument names), weights from a local
-    path if given. Never downloads: `pretrained` must be a file. A file that is not a checkpoint
+    path or a URI of the dataset's storage (`local_weights`) if given. Never downloads from the
+    internet: `pretrained` must be a file. A file that is not a checkpoint
     of this architecture is a ConfigError naming the file."""
     register_foil_configs()
     model_config(name)
@@ -100,6 +130,7 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
         if name == REAL_TWO_TOWER:  # start the image tower from ImageNet weights
             load_efficientnet_lite0_weights(model.visual.trunk)
         return model
+    pretrained = local_weights(pretrained)
     if not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights {pretrained!r} not found (foil never downloads weights)")
     check_checkpoint(pretrained)

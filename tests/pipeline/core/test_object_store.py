@@ -93,6 +93,26 @@ def test_the_loop_on_s3_gives_the_local_rows_and_foil_sql_reads_it(s3, tmp_path,
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == same
 
+    # Training from the bucket into the bucket (in-process: one worker, no cluster), then
+    # `foil eval` of the checkpoint by its s3:// URI, recording its metrics in the bucket.
+    from training import jobs
+    from training.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 1})
+    run_id, result = jobs.train(remote_ds, cfg, "s3://foil-bucket/ckpt", workers=1)
+    assert result.model_weights == f"s3://foil-bucket/ckpt/{run_id}/checkpoint_step_0000004/open_clip_model.pt"
+    stored = s3fs.S3FileSystem(use_listings_cache=False).find(f"foil-bucket/ckpt/{run_id}")
+    assert {p.rsplit("/", 2)[-2] for p in stored if p.endswith("open_clip_model.pt")} == {"checkpoint_step_0000002", "checkpoint_step_0000004"}
+    assert any(p.endswith("curve.jsonl") for p in stored) and not [p for p in stored if "/_tmp-" in p]
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "eval", "--dataset", "s3://foil-bucket/loop", "--checkpoint", result.model_weights, "--run-id", run_id],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    recorded = Catalog(remote_ds).query(f"SELECT name, value FROM eval_metrics WHERE run_id = '{run_id}'").to_pylist()
+    assert {"image_to_text_R@1", "hard_negative_accuracy"} <= {r["name"] for r in recorded}
+    assert Catalog(remote_ds).query("SELECT checkpoint FROM runs").to_pylist() == [{"checkpoint": result.model_weights}]
+
 
 _UPLOAD = """
 import os, sys, numpy as np, pyarrow as pa
