@@ -34,6 +34,7 @@ class Recipe:
     runner_kind: str = "ray"
     runner_address: str | None = None
     retries: int = 2
+    gpus_per_actor: float = 0  # GPUs each model-stage actor reserves (Ray runner)
     crawl_params: dict[str, Any] = field(default_factory=dict)
     shard_rows: int = 1000
     shard_by_host: bool = False  # one host per url shard (urls.ingest_urls), for per-host caps on a cluster
@@ -64,7 +65,7 @@ class Recipe:
         """The runner section as an object: in-process, or Ray (embedded, or `address`)."""
         if self.runner_kind == "local":
             return LocalRunner(retries=self.retries, progress=progress)
-        return RayRunner(address=self.runner_address, retries=self.retries, progress=progress)
+        return RayRunner(address=self.runner_address, retries=self.retries, progress=progress, gpus_per_actor=self.gpus_per_actor)
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe = Recipe(source=source)
 
     runner = _section(data, "runner")
-    _expect(runner, "runner", ("kind", "address", "retries"))
+    _expect(runner, "runner", ("kind", "address", "retries", "gpus_per_actor"))
     recipe.runner_kind = runner.get("kind", "ray")
     if recipe.runner_kind not in RUNNER_KINDS:
         raise ConfigError(f"runner.kind: {recipe.runner_kind!r} is not one of {', '.join(RUNNER_KINDS)}")
@@ -99,6 +100,11 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     recipe.retries = runner.get("retries", 2)
     if isinstance(recipe.retries, bool) or not isinstance(recipe.retries, int) or recipe.retries < 0:
         raise ConfigError(f"runner.retries: must be a non-negative integer, got {recipe.retries!r}")
+    recipe.gpus_per_actor = runner.get("gpus_per_actor", 0)
+    if isinstance(recipe.gpus_per_actor, bool) or not isinstance(recipe.gpus_per_actor, (int, float)) or recipe.gpus_per_actor < 0:
+        raise ConfigError(f"runner.gpus_per_actor: must be a non-negative number, got {recipe.gpus_per_actor!r}")
+    if recipe.gpus_per_actor and recipe.runner_kind != "ray":
+        raise ConfigError("runner.gpus_per_actor: needs runner.kind ray")
 
     crawl = _section(data, "crawl")
     _expect(crawl, "crawl", ("params", "shard_rows", "shard_by_host", "url_col", "caption_col", "per_host"))

@@ -88,12 +88,14 @@ class RunReport:
         return d
 
 
-def _node() -> str:
-    """The Ray node this runs on (its id), or this host's name outside Ray."""
+def _placement() -> dict[str, Any]:
+    """Where this runs: the Ray node (its id) and the GPUs Ray gave this worker, or this host's
+    name outside Ray."""
     ray = sys.modules.get("ray")  # imported already inside a Ray worker; never imported here
     if ray is not None and ray.is_initialized():
-        return ray.get_runtime_context().get_node_id()
-    return socket.gethostname()
+        gpus = [str(g) for g in ray.get_gpu_ids()]
+        return {"node": ray.get_runtime_context().get_node_id(), **({"gpus": gpus} if gpus else {})}
+    return {"node": socket.gethostname()}
 
 
 def run_shard(task: ShardTask, stage: Stage | None = None) -> ShardResult:
@@ -117,7 +119,7 @@ def run_shard(task: ShardTask, stage: Stage | None = None) -> ShardResult:
             data = dataset.table(task.input_table).read_shard(task.shard, columns=stage.input_columns)
         batches = data.to_batches(max_chunksize=stage.batch_rows) if stage.batch_rows else data.combine_chunks().to_batches()
         out = pa.Table.from_batches(list(stage.run(iter(batches))), schema=stage.output_schema)
-        stats = {**stage.stats.as_dict(), "node": _node()}  # where it ran, kept in the shard's marker
+        stats = {**stage.stats.as_dict(), **_placement()}  # where it ran, kept in the shard's marker
         dataset.table(task.output_table).write_shard(task.shard, out, stats=stats)
         return ShardResult(task.shard, "done", out.num_rows, stats, seconds=time.perf_counter() - start)
     except Exception as exc:  # reported back as a status; the caller decides on retries
@@ -275,17 +277,22 @@ class RayRunner(_Runner):
 
     def __init__(
         self, address: str | None = None, num_cpus_per_shard: float = 1, retries: int = 2, progress: bool = True,
-        in_process_max_rows: int = IN_PROCESS_MAX_ROWS,
+        in_process_max_rows: int = IN_PROCESS_MAX_ROWS, gpus_per_actor: float = 0,
     ):
         super().__init__(retries=retries, progress=progress)
         self.address = address
         self.num_cpus_per_shard = num_cpus_per_shard
+        # Model stages (embed, diffusion generators: those that keep one instance per worker)
+        # reserve this many GPUs per actor; Ray sets each actor's CUDA_VISIBLE_DEVICES to its own.
+        self.gpus_per_actor = gpus_per_actor
         self.in_process_max_rows = in_process_max_rows
         self.ran_in_process = False  # whether the last run skipped Ray (for callers and tests)
 
     def _execute(self, tasks: list[ShardTask], desc: str, rows: int):
         attach = self.address or cluster_address()
-        self.ran_in_process = not ray_started() and attach is None and rows <= self.in_process_max_rows
+        self.ran_in_process = not ray_started() and attach is None and rows <= self.in_process_max_rows and not (
+            self.gpus_per_actor and tasks and tasks[0].stage.reuse_instance
+        )
         if self.ran_in_process:
             yield from _run_in_process(tasks, desc, self.progress)
             return
@@ -315,7 +322,7 @@ class RayRunner(_Runner):
         shards one at a time. A dead actor fails only the shard it held, and is replaced."""
         import ray
 
-        @ray.remote(num_cpus=self.num_cpus_per_shard, max_restarts=0)
+        @ray.remote(num_cpus=self.num_cpus_per_shard, num_gpus=self.gpus_per_actor, max_restarts=0)
         class StageActor:
             def __init__(self, stage: type[Stage], params: dict[str, Any]):
                 self.stage = build(stage, params)
@@ -323,7 +330,13 @@ class RayRunner(_Runner):
             def run(self, task: ShardTask) -> ShardResult:
                 return run_shard(task, self.stage)
 
-        size = max(1, min(len(tasks), int(ray.available_resources().get("CPU", 1) // self.num_cpus_per_shard)))
+        free = ray.available_resources()
+        size = max(1, min(len(tasks), int(free.get("CPU", 1) // self.num_cpus_per_shard)))
+        if self.gpus_per_actor:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus < self.gpus_per_actor:
+                raise ConfigError(f"runner.gpus_per_actor: {self.gpus_per_actor:g} GPU(s) per actor, but the cluster has {gpus:g}")
+            size = max(1, min(size, int(max(free.get("GPU", 0), self.gpus_per_actor) // self.gpus_per_actor)))
         first = tasks[0]
         queue = list(tasks)
         running: dict[Any, tuple[ShardTask, Any]] = {}
@@ -332,22 +345,32 @@ class RayRunner(_Runner):
             task = queue.pop(0)
             running[actor.run.remote(task)] = (task, actor)
 
-        for _ in range(size):
-            if queue:
-                start(StageActor.remote(first.stage, first.params))
-        with tqdm(total=len(tasks), desc=desc, unit="shard", disable=not self.progress) as bar:
-            while running:
-                ready, _ = ray.wait(list(running), num_returns=1)
-                task, actor = running.pop(ready[0])
-                try:
-                    result = ray.get(ready[0])
-                except Exception as exc:  # the actor died: record the shard, replace the actor
-                    result = ShardResult(task.shard, "failed", error=f"worker lost: {type(exc).__name__}: {exc}")
-                    actor = StageActor.remote(first.stage, first.params)
-                bar.update(1)
-                yield result
+        actors: list[Any] = []
+
+        def new_actor() -> Any:
+            actors.append(StageActor.remote(first.stage, first.params))
+            return actors[-1]
+
+        try:
+            for _ in range(size):
                 if queue:
-                    start(actor)
+                    start(new_actor())
+            with tqdm(total=len(tasks), desc=desc, unit="shard", disable=not self.progress) as bar:
+                while running:
+                    ready, _ = ray.wait(list(running), num_returns=1)
+                    task, actor = running.pop(ready[0])
+                    try:
+                        result = ray.get(ready[0])
+                    except Exception as exc:  # the actor died: record the shard, replace the actor
+                        result = ShardResult(task.shard, "failed", error=f"worker lost: {type(exc).__name__}: {exc}")
+                        actor = new_actor()
+                    bar.update(1)
+                    yield result
+                    if queue:
+                        start(actor)
+        finally:
+            for actor in actors:  # their CPUs, GPUs and models go back now, not when Ray collects the handles
+                ray.kill(actor)
 
 
 def ray_started() -> bool:

@@ -156,7 +156,10 @@ def load_encoder(name: str, pretrained: str | None = None) -> tuple[open_clip.CL
     random init, seeded so every process (each embed actor, and `foil knn` later) builds the same
     one; real runs name trained weights."""
     torch.manual_seed(0)
-    return create_model(name, pretrained=pretrained).eval(), tokenizer(name), image_size(name)
+    model = create_model(name, pretrained=pretrained).eval()
+    if torch.cuda.is_available():  # a GPU this process was given (Ray sets CUDA_VISIBLE_DEVICES per actor)
+        model = model.to("cuda")
+    return model, tokenizer(name), image_size(name)
 
 
 def tokenizer(name: str):
@@ -195,8 +198,9 @@ def save_open_clip_checkpoint(model: torch.nn.Module, path: Path, step: int, nam
 @torch.no_grad()
 def encode_images(model: torch.nn.Module, images: list[np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:
     """[N, H, W, 3] uint8 images -> [N, D] L2-normalised float32 features, batch by batch."""
+    device = next(model.parameters()).device
     parts = [
-        model.encode_image(normalize(torch.from_numpy(np.stack(images[i : i + batch_size]))), normalize=True).float().numpy()
+        model.encode_image(normalize(torch.from_numpy(np.stack(images[i : i + batch_size])).to(device)), normalize=True).float().cpu().numpy()
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(parts)
@@ -205,5 +209,6 @@ def encode_images(model: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
 @torch.no_grad()
 def encode_texts(model: torch.nn.Module, tokenize: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Captions -> [N, D] L2-normalised float32 features, batch by batch."""
-    parts = [model.encode_text(tokenize(texts[i : i + batch_size]), normalize=True).float().numpy() for i in range(0, len(texts), batch_size)]
+    device = next(model.parameters()).device
+    parts = [model.encode_text(tokenize(texts[i : i + batch_size]).to(device), normalize=True).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
     return np.concatenate(parts)
