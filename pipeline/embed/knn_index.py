@@ -34,6 +34,7 @@ from pipeline.core.store import Dataset, atomic_write, drop_empty_tmp
 LAYOUT = "clip_retrieval"
 INDEX = "knn_index"
 ROWS_PER_FILE = 100_000
+STATE_FILE = "foil_index.json"  # inside the index folder: the input state it was built from
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -73,17 +74,47 @@ def export_layout(dataset: Dataset, curated_only: bool = True) -> dict[str, Any]
     return {"rows": table.num_rows, "files": files, "dim": len(table[S.IMAGE_EMBEDDING][0]), "layout": str(root)}
 
 
+def input_state(dataset: Dataset, curated_only: bool = True) -> dict[str, Any]:
+    """What an index is built from: the indexed sample ids (a digest), and the embeddings'
+    shards and config. An index whose recorded state equals this one is up to date."""
+    import hashlib
+    import json
+
+    if not dataset.table(S.EMBEDDINGS).exists():
+        raise ConfigError(f"{dataset.url} has no embeddings table: run `foil embed` first")
+    rows_from = "curated c JOIN embeddings e USING (sample_id)" if curated_only else "embeddings e JOIN raw c USING (sample_id)"
+    ids = Catalog(dataset).query(f"SELECT e.sample_id FROM {rows_from} ORDER BY e.sample_id")[S.SAMPLE_ID].to_pylist()
+    embeddings = dataset.table(S.EMBEDDINGS)
+    return json.loads(json.dumps({
+        "curated_only": curated_only,
+        "rows": len(ids),
+        "sample_ids": hashlib.blake2b("\n".join(ids).encode(), digest_size=16).hexdigest(),
+        "embedding_shards": {name: info.rows for name, info in embeddings.finished_shards().items()},
+        "embedding_config": embeddings.manifest().get("config", {}),
+    }, default=str))
+
+
 def build(dataset: Dataset, curated_only: bool = True, max_index_memory_usage: str = "4G", current_memory_available: str = "8G") -> dict[str, Any]:
-    """Export the layout, then index it with clip-retrieval's `clip_index` (autofaiss)."""
+    """Export the layout, then index it with clip-retrieval's `clip_index` (autofaiss). An index
+    built from the same input state (`input_state`, recorded in `knn_index/foil_index.json`) is
+    kept as it is: nothing to do."""
+    import json
+
     from clip_retrieval.clip_index import clip_index
 
     start = time.perf_counter()
-    report = export_layout(dataset, curated_only)
+    Catalog(dataset).refresh()
+    state = input_state(dataset, curated_only)
     index_dir = Path(dataset.path(INDEX))
+    stamp = index_dir / STATE_FILE
+    if stamp.is_file() and (index_dir / "image.index").is_file() and json.loads(stamp.read_text()) == state:
+        return {"rows": state["rows"], "index": str(index_dir), "unchanged": True, "seconds": round(time.perf_counter() - start, 2)}
+    report = export_layout(dataset, curated_only)
     tmp = index_dir.with_name(INDEX + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     clip_index(report["layout"], str(tmp), max_index_memory_usage=max_index_memory_usage,
                current_memory_available=current_memory_available, copy_metadata=True, nb_cores=None)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(index_dir, ignore_errors=True)
     tmp.rename(index_dir)  # a query never sees a half-built index
     report.update({"index": str(index_dir), "seconds": round(time.perf_counter() - start, 2)})

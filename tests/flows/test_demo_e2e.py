@@ -36,10 +36,18 @@ def foil(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def sql(dataset, query: str) -> list[dict]:
+def cli_sql(dataset, query: str) -> list[dict]:
     proc = foil("sql", "--dataset", str(dataset), query, "--format", "json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def sql(dataset, query: str) -> list[dict]:
+    """The same query through the catalog in this process (`foil sql` itself is run above)."""
+    from pipeline.core.catalog import Catalog
+    from pipeline.core.store import Dataset
+
+    return json.loads(json.dumps(Catalog(Dataset(dataset)).query(query).to_pylist(), default=int))
 
 
 @pytest.mark.slow
@@ -55,7 +63,7 @@ def test_demo_end_to_end_then_resume(tmp_path, emoji_dir):
     assert "# foil run summary" in first.stdout and "hard_negative_accuracy" in first.stdout
     assert (out / "summary.md").exists() and (out / "summary.json").exists()
 
-    assert sql(out, "select count(*) as n from raw") == [{"n": 120}]
+    assert cli_sql(out, "select count(*) as n from raw") == [{"n": 120}]
     assert sql(out, "select count(distinct sample_id) as n from raw") == [{"n": 120}]
     curated = sql(out, "select count(*) as n from curated")[0]["n"]
     assert curated == sql(out, "select count(*) as n from curation where drop_reason is null")[0]["n"]

@@ -74,3 +74,17 @@ def test_cli_knn_prints_neighbours_with_captions(indexed):
 def test_knn_without_an_index_says_what_to_run(tmp_path):
     with pytest.raises(ConfigError, match="run `foil index"):
         KnnIndex(Dataset(tmp_path / "empty"))
+
+
+def test_an_index_of_unchanged_inputs_is_kept_and_a_new_curation_rebuilds_it(indexed):
+    from pathlib import Path
+
+    ds, first = indexed
+    index_file = Path(ds.path("knn_index")) / "image.index"
+    built_at = index_file.stat().st_mtime_ns
+    again = build(ds)
+    assert again["unchanged"] and again["rows"] == first["rows"] and index_file.stat().st_mtime_ns == built_at
+    steps.curate(ds, {"max_caption_words": 4})  # fewer curated rows: a different index
+    rebuilt = build(ds)
+    assert "unchanged" not in rebuilt and rebuilt["rows"] < first["rows"]
+    assert KnnIndex(ds).indexes["image"].ntotal == rebuilt["rows"]
