@@ -275,7 +275,7 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
 
     from pipeline.core.runners import ensure_ray
 
-    ensure_ray(address)
+    ensure_ray(address, dashboard=True)
     # The workers register foil's architectures with open_clip themselves; registering them here
     # too lets the caller load the checkpoint it gets back with open_clip by name (validating the
     # recipe no longer imports open_clip, so nothing else has registered them in this process).

@@ -416,22 +416,34 @@ def cluster_address() -> str | None:
     return os.environ.get("RAY_ADDRESS") or running_local_head()
 
 
-def ensure_ray(address: str | None = None) -> None:
+_EMBEDDED_WITHOUT_DASHBOARD = False  # this process started its own Ray, without the dashboard
+
+
+def ensure_ray(address: str | None = None, dashboard: bool = False) -> None:
     """Start (or connect to) Ray once per process.
 
     It attaches to `address`, else to `cluster_address()` (RAY_ADDRESS, or a live head that
     `ray start --head` recorded). Otherwise the local cluster is a new one (`address="local"`:
-    never a stale cluster left recorded in /tmp/ray), with its dashboard (Ray's state API lives
-    there, and Ray Train's placement-group cleaner polls it) on a free port rather than 8265,
-    which Prefect's temporary server may already hold.
+    never a stale cluster left recorded in /tmp/ray). Data stages need no dashboard, and
+    starting one costs 5-6 s of the 10 s an embedded Ray takes to start on a laptop; Ray Train
+    needs it (its state API lives there, and its placement-group cleaner polls it), so
+    `dashboard=True` starts it, on a free port rather than 8265, which Prefect's temporary server
+    may hold, restarting an embedded Ray this process began without one (its stages are done).
     """
+    global _EMBEDDED_WITHOUT_DASHBOARD
     import ray
 
     if ray.is_initialized():
-        return
+        if not (dashboard and _EMBEDDED_WITHOUT_DASHBOARD):
+            return
+        ray.shutdown()
     address = address or cluster_address()
+    _EMBEDDED_WITHOUT_DASHBOARD = False
     if address:
         ray.init(address=address)
+    elif not dashboard:
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
+        _EMBEDDED_WITHOUT_DASHBOARD = True
     else:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
