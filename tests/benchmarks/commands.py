@@ -183,7 +183,7 @@ def embed_pair(n: int, work: Path, sample: Path, items):
     from pipeline.core import schema as S
     from pipeline.core.store import Dataset, shard_name
     from pipeline.models import factory as M
-    from tests.benchmarks.embed import write_inputs
+    from embed import write_inputs  # tests/benchmarks/embed.py, next to this script (sys.path[0])
 
     torch.manual_seed(0)
     ckpt = work / "embed-model.pt"

@@ -52,15 +52,17 @@ def s3(tmp_path_factory):
 
 
 def _loop(dataset: Dataset, urls: str, allow: str) -> dict[str, int]:
-    """The data loop as `foil demo` runs it, in-process: crawl, score, dedup, curate, negatives, export."""
+    """The data loop as `foil demo` runs it, in-process: crawl, score, dedup, curate, embed, negatives, export."""
     runner = LocalRunner(retries=0, progress=False)
     steps.crawl(dataset, [urls], {"image_size": 32, "thread_count": 4, "allow_addresses": [allow]}, runner, shard_rows=16)
     steps.score(dataset, runner)
     steps.dedup(dataset, {"max_phash_distance": 2})
     steps.curate(dataset, {"min_caption_words": 1})
+    # after dedup: a random-init model finds every emoji a semantic duplicate of every other
+    steps.embed(dataset, {"model": "foil-tiny-vit", "batch_size": 64}, runner)
     steps.negatives(dataset, {"kinds": ["replace_object", "replace_attribute", "swap_object"], "seed": 0}, runner)
     steps.export(dataset, {"eval_percent": 20}, runner)
-    return {t: dataset.table(t).manifest()["rows"] for t in (S.URLS, S.RAW, S.SCORES, "duplicates", S.NEG_TEXT, S.TRAIN)}
+    return {t: dataset.table(t).manifest()["rows"] for t in (S.URLS, S.RAW, S.SCORES, S.EMBEDDINGS, "duplicates", S.NEG_TEXT, S.TRAIN)}
 
 
 def test_the_loop_on_s3_gives_the_local_rows_and_foil_sql_reads_it(s3, tmp_path, emoji_server, emoji_dir):
@@ -75,7 +77,7 @@ def test_the_loop_on_s3_gives_the_local_rows_and_foil_sql_reads_it(s3, tmp_path,
     local = _loop(Dataset(tmp_path / "local"), str(urls), emoji_server.address)
     remote_ds = Dataset("s3://foil-bucket/loop")
     remote = _loop(remote_ds, str(urls), emoji_server.address)
-    assert remote == local and local[S.RAW] == 48 and local[S.TRAIN] > 0
+    assert remote == local and local[S.RAW] == local[S.EMBEDDINGS] == 48 and local[S.TRAIN] > 0
 
     import s3fs
 
@@ -112,6 +114,14 @@ def test_the_loop_on_s3_gives_the_local_rows_and_foil_sql_reads_it(s3, tmp_path,
     recorded = Catalog(remote_ds).query(f"SELECT name, value FROM eval_metrics WHERE run_id = '{run_id}'").to_pylist()
     assert {"image_to_text_R@1", "hard_negative_accuracy"} <= {r["name"] for r in recorded}
     assert Catalog(remote_ds).query("SELECT checkpoint FROM runs").to_pylist() == [{"checkpoint": result.model_weights}]
+
+    # The report, written into the bucket next to the tables, with its images inlined.
+    from pipeline.report_html import write_report
+
+    report = write_report(remote_ds)
+    assert report.path == "s3://foil-bucket/loop/report.html" and report.images > 0
+    page = s3fs.S3FileSystem(use_listings_cache=False).cat_file("foil-bucket/loop/report.html").decode()
+    assert page.count("data:image/") >= report.images and "hard_negative_accuracy" in page
 
 
 _UPLOAD = """
