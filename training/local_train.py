@@ -44,7 +44,7 @@ from training.loop import cosine_with_warmup, make_optimizer, train_loop
 from training.losses import build_loss
 from training.ray_train import (
     CHECKPOINT_MODEL, CHECKPOINT_STATE, DECODE_AHEAD, DECODE_ONCE_BYTES, CurveWriter, TrainResult, decoded_bytes,
-    negative_image_rows, read_curve, shard_rows,
+    negative_image_rows, print_progress, read_curve, shard_rows,
 )
 
 CHECKPOINT_PREFIX = "checkpoint_step_"
@@ -179,11 +179,7 @@ def fit_local(dataset_root: str, cfg: TrainConfig, out_dir: str, use_gpu: bool =
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         curve.append({**metrics, "step": step})
-        print(
-            f"[foil train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} "
-            f"lr {metrics['lr']:.2e} {metrics['samples_per_second']:.1f} samples/s",
-            flush=True,
-        )
+        print_progress(step, cfg.steps, metrics, "samples/s")
 
     def on_checkpoint(step: int, metrics: dict[str, float]) -> None:
         last["dir"] = _write_checkpoint(fs, run_dir, step, model, optimizer, scheduler, cfg.model)

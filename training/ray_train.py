@@ -77,6 +77,15 @@ def _footers(files: list[str]) -> Iterator[pq.FileMetaData]:
             yield pq.ParquetFile(f).metadata
 
 
+def print_progress(step: int, steps: int, metrics: dict[str, float], rate_unit: str) -> None:
+    """One line of training progress on stdout."""
+    print(
+        f"[foil train] step {step}/{steps} loss {metrics['loss']:.4f} "
+        f"lr {metrics['lr']:.2e} {metrics['samples_per_second']:.1f} {rate_unit}",
+        flush=True,
+    )
+
+
 def negative_image_rows(files: list[str]) -> int:
     """Rows of the `train` shards with a negative image, from the parquet footers' null counts
     (no image bytes are read). A row group without statistics counts as having them all."""
@@ -175,12 +184,7 @@ def train_func(config: dict[str, Any]) -> None:
         if curve is not None:
             # Ray keeps only the metrics reported with checkpoints; the full curve goes to a file.
             curve.append({**metrics, "step": step})
-            # progress, forwarded to the driver's console by Ray
-            print(
-                f"[foil train] step {step}/{cfg.steps} loss {metrics['loss']:.4f} "
-                f"lr {metrics['lr']:.2e} {metrics['samples_per_second']:.1f} samples/s/worker",
-                flush=True,
-            )
+            print_progress(step, cfg.steps, metrics, "samples/s/worker")  # forwarded to the driver's console by Ray
 
     def on_checkpoint(step: int, metrics: dict[str, float]) -> None:
         # Every worker reports (a report is a barrier across workers); only rank 0 writes files.

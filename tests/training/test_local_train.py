@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import open_clip
-import pyarrow as pa
 import torch
 
 from pipeline.core import schema as S
@@ -22,6 +21,7 @@ from pipeline.core.store import Dataset
 from pipeline.models import factory as M
 from training import jobs
 from training.ray_train import read_curve
+from tests.training.test_ray_train import _train_table  # negatives on odd rows, images on every third, 1 in 5 eval
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"steps": 40, "batch_size": 4, "checkpoint_every": 5, "log_every": 1, "warmup_steps": 1}
@@ -44,17 +44,8 @@ def _events(curve: Path) -> list[dict]:
 
 
 def _dataset(root: Path, emoji_dir: Path, items) -> Dataset:
-    rows = {name: [] for name in S.TRAIN_SCHEMA.names}
-    for i, it in enumerate(items):
-        rows[S.SAMPLE_ID].append(f"{i:016x}")
-        rows[S.CAPTION].append(it.caption)
-        rows[S.NEG_CAPTION].append(items[(i + 1) % len(items)].caption if i % 2 else None)
-        rows[S.NEG_KIND].append("replace_object" if i % 2 else None)
-        rows[S.SPLIT].append("eval" if i % 5 == 0 else "train")
-        rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
-        rows[S.NEG_IMAGE_COL].append((emoji_dir / "img/google/64" / items[(i + 1) % len(items)].image).read_bytes() if i % 3 == 0 else None)
     ds = Dataset(root)
-    ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
+    ds.table(S.TRAIN).write_shard("part-00000", _train_table(emoji_dir, items))
     ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])
     return ds
 
