@@ -36,7 +36,6 @@ import torch
 
 from pipeline.core import schema as S
 from pipeline.core.stage import ConfigError
-from pipeline.core.store import Dataset
 from pipeline.models import factory as M
 from training.config import TrainConfig
 from training.data import BatchDecoder
@@ -44,7 +43,7 @@ from training.loop import cosine_with_warmup, make_optimizer, train_loop
 from training.losses import build_loss
 from training.ray_train import (
     CHECKPOINT_MODEL, CHECKPOINT_STATE, DECODE_AHEAD, DECODE_ONCE_BYTES, CurveWriter, TrainResult, decoded_bytes,
-    negative_image_rows, print_progress, read_curve, shard_rows,
+    print_progress, read_curve, shard_rows, training_inputs,
 )
 
 CHECKPOINT_PREFIX = "checkpoint_step_"
@@ -141,13 +140,7 @@ def _write_checkpoint(fs: Any, run_dir: str, step: int, model: torch.nn.Module, 
 def fit_local(dataset_root: str, cfg: TrainConfig, out_dir: str, use_gpu: bool = False, run_name: str = "foil-train") -> TrainResult:
     """Train on the `train` split of the dataset's committed `train` shards, in this process;
     checkpoints and the curve under `out_dir/run_name` (a folder or an fsspec URI)."""
-    files = Dataset(dataset_root).table(S.TRAIN).shard_uris()
-    if not files:
-        raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
-    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]
-    with_images = cfg.use_negatives and cfg.use_negative_images and negative_image_rows(files) > 0
-    if with_images:
-        columns.append(S.NEG_IMAGE_COL)
+    files, columns, with_images = training_inputs(dataset_root, cfg)
     device = torch.device("cuda") if use_gpu else torch.device("cpu")
     storage = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
     fs, run_dir = fsspec.core.url_to_fs(f"{storage.rstrip('/')}/{run_name}")

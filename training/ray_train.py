@@ -103,6 +103,19 @@ def negative_image_rows(files: list[str]) -> int:
     return total
 
 
+def training_inputs(dataset_root: str, cfg: TrainConfig) -> tuple[list[str], list[str], bool]:
+    """(the committed `train` shards, the columns to read, whether negative images are encoded).
+    Negative images are encoded only when some row has one (a second image batch per step)."""
+    files = Dataset(dataset_root).table(S.TRAIN).shard_uris()  # committed shards only (with a marker)
+    if not files:
+        raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
+    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]
+    with_images = cfg.use_negatives and cfg.use_negative_images and negative_image_rows(files) > 0
+    if with_images:
+        columns.append(S.NEG_IMAGE_COL)
+    return files, columns, with_images
+
+
 def shard_rows(files: list[str]) -> int:
     """Rows in the shards (every split), from the footers."""
     return sum(meta.num_rows for meta in _footers(files))
@@ -284,14 +297,7 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     # too lets the caller load the checkpoint it gets back with open_clip by name (validating the
     # recipe no longer imports open_clip, so nothing else has registered them in this process).
     M.register_foil_configs()
-    files = Dataset(dataset_root).table(S.TRAIN).shard_uris()  # committed shards only (with a marker)
-    if not files:
-        raise ConfigError(f"{dataset_root} has no training shards: run `foil export` first")
-    columns = [S.CAPTION, S.NEG_CAPTION, S.IMAGE, S.SPLIT]
-    # Negative images are encoded only when some row has one (a second image batch per step).
-    with_images = cfg.use_negatives and cfg.use_negative_images and negative_image_rows(files) > 0
-    if with_images:
-        columns.append(S.NEG_IMAGE_COL)
+    files, columns, with_images = training_inputs(dataset_root, cfg)
     # out_dir is a local folder or any URI Ray Train's storage understands (s3://, gs://, file://)
     storage = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
     fs, run_dir = fsspec.core.url_to_fs(f"{storage.rstrip('/')}/{run_name}")
