@@ -30,11 +30,8 @@ from typing import Any, Iterator
 import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
-from pipeline.core import schema as S
 from pipeline.core.stage import ConfigError
 from pipeline.models import factory as M
 from training.config import TrainConfig
@@ -42,19 +39,12 @@ from training.data import BatchDecoder
 from training.loop import cosine_with_warmup, make_optimizer, train_loop
 from training.losses import build_loss
 from training.ray_train import (
-    CHECKPOINT_MODEL, CHECKPOINT_STATE, DECODE_AHEAD, DECODE_ONCE_BYTES, CurveWriter, TrainResult, decoded_bytes,
-    print_progress, read_curve, shard_rows, training_inputs,
+    CHECKPOINT_MODEL, CHECKPOINT_PREFIX, CHECKPOINT_STATE, DECODE_AHEAD, DECODE_ONCE_BYTES, CurveWriter, TrainResult,
+    checkpoint_dir_name, decoded_bytes, print_progress, read_curve, restore_checkpoint, save_checkpoint, shard_rows,
+    train_split, training_inputs,
 )
 
-CHECKPOINT_PREFIX = "checkpoint_step_"
 KEEP_CHECKPOINTS = 2  # as the Ray path's CheckpointConfig(num_to_keep=2)
-
-
-def _train_rows(uri: str, columns: list[str]) -> Any:
-    fs, path = fsspec.core.url_to_fs(uri)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=columns)
-    return table.filter(pc.equal(table[S.SPLIT], "train"))
 
 
 def _epochs(files: list[str], columns: list[str], model: str, batch_size: int, seed: int, in_memory: bool) -> Iterator[dict[str, np.ndarray]]:
@@ -62,13 +52,13 @@ def _epochs(files: list[str], columns: list[str], model: str, batch_size: int, s
     decoder = BatchDecoder(model)
     decoded = None
     if in_memory:
-        parts = [decoder(t.to_pydict()) for t in (_train_rows(u, columns) for u in files) if t.num_rows]
+        parts = [decoder(t.to_pydict()) for t in (train_split(u, columns) for u in files) if t.num_rows]
         decoded = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     epoch = 0
     while True:
         rng = np.random.default_rng(seed + epoch)
         produced = 0
-        sources = [decoded] if decoded is not None else (decoder(_train_rows(files[i], columns).to_pydict()) for i in rng.permutation(len(files)))
+        sources = [decoded] if decoded is not None else (decoder(train_split(files[i], columns).to_pydict()) for i in rng.permutation(len(files)))
         for arrays in sources:
             n = len(arrays["text"]) if arrays else 0
             order = rng.permutation(n)
@@ -119,14 +109,13 @@ def latest_checkpoint(fs: Any, run_dir: str) -> str | None:
 def _write_checkpoint(fs: Any, run_dir: str, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, name: str) -> str:
     """Both files into a temporary folder first, then into place (a rename on a local disk, so a
     killed run leaves either the whole checkpoint or none); complete ones before the last two go."""
-    final = f"{run_dir}/{CHECKPOINT_PREFIX}{step:07d}"
+    final = f"{run_dir}/{checkpoint_dir_name(step)}"
     with tempfile.TemporaryDirectory() as tmp:
-        M.save_open_clip_checkpoint(model, Path(tmp) / CHECKPOINT_MODEL, step, name)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, Path(tmp) / CHECKPOINT_STATE)
+        save_checkpoint(Path(tmp), model, optimizer, scheduler, step, name)
         if fs.exists(final):
             fs.rm(final, recursive=True)
         if isinstance(fs, LocalFileSystem):
-            staged = f"{run_dir}/_tmp-{CHECKPOINT_PREFIX}{step:07d}"
+            staged = f"{run_dir}/_tmp-{checkpoint_dir_name(step)}"
             shutil.rmtree(staged, ignore_errors=True)
             shutil.copytree(tmp, staged)
             os.replace(staged, final)
@@ -155,13 +144,7 @@ def fit_local(dataset_root: str, cfg: TrainConfig, out_dir: str, use_gpu: bool =
     start_step = 0
     resume = latest_checkpoint(fs, run_dir)
     if resume:
-        with fs.open(f"{resume}/{CHECKPOINT_MODEL}", "rb") as f:
-            model.load_state_dict(torch.load(f, map_location=device, weights_only=True)["state_dict"])
-        with fs.open(f"{resume}/{CHECKPOINT_STATE}", "rb") as f:
-            state = torch.load(f, map_location=device, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step = state["step"]
+        start_step = restore_checkpoint(lambda name: fs.open(f"{resume}/{name}", "rb"), model, optimizer, scheduler, device)
 
     in_memory = decoded_bytes(shard_rows(files), cfg.model) <= DECODE_ONCE_BYTES
     batches = _prefetched(_epochs(files, columns, cfg.model, cfg.batch_size, cfg.seed, in_memory), DECODE_AHEAD)

@@ -50,6 +50,7 @@ from training.losses import build_loss
 
 CHECKPOINT_MODEL = "open_clip_model.pt"
 CHECKPOINT_STATE = "train_state.pt"
+CHECKPOINT_PREFIX = "checkpoint_step_"  # a checkpoint's folder: CHECKPOINT_PREFIX + the step, 7 digits
 DECODE_AHEAD = 4  # decoded batches kept ready per worker (Ray Data's iterator prefetch)
 DECODE_ONCE_BYTES = 512 * 2**20  # decoded training splits up to this size are decoded once, not every epoch
 
@@ -128,6 +129,36 @@ def decoded_bytes(rows: int, model: str) -> int:
     return rows * (2 * size * size * 3 + 2 * 8 * M.context_length(model) + 2)
 
 
+def checkpoint_dir_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, name: str) -> None:
+    """Both checkpoint files into `folder`: the open_clip weights and the optimizer/scheduler state."""
+    M.save_open_clip_checkpoint(model, folder / CHECKPOINT_MODEL, step, name)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, folder / CHECKPOINT_STATE)
+
+
+def restore_checkpoint(open_file: Any, model: torch.nn.Module, optimizer: Any, scheduler: Any, device: torch.device) -> int:
+    """Load a checkpoint written by `save_checkpoint` (`open_file(name)` opens one of its files
+    for reading); returns its step."""
+    with open_file(CHECKPOINT_MODEL) as f:
+        model.load_state_dict(torch.load(f, map_location=device, weights_only=True)["state_dict"])
+    with open_file(CHECKPOINT_STATE) as f:
+        state = torch.load(f, map_location=device, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
+def train_split(uri: str, columns: list[str]) -> pa.Table:
+    """The `train` rows of one shard (any fsspec URI), those columns only."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f, columns=columns)
+    return table.filter(pc.equal(table[S.SPLIT], "train"))
+
+
 def decode_in_process(files: list[str], columns: list[str], model: str, block_rows: int) -> list[pa.Table]:
     """The `train` split of the shards decoded here, in blocks of `block_rows` rows (tensor
     columns Ray Data hands back as the same numpy arrays `BatchDecoder` made). Blocks of one
@@ -138,10 +169,7 @@ def decode_in_process(files: list[str], columns: list[str], model: str, block_ro
     decode = BatchDecoder(model)
     blocks = []
     for uri in files:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=columns)
-        table = table.filter(pc.equal(table[S.SPLIT], "train"))
+        table = train_split(uri, columns)
         for start in range(0, table.num_rows, block_rows):
             batch = decode(table.slice(start, block_rows).to_pydict())
             blocks.append(pa.table({k: ArrowTensorArray.from_numpy(v) if v.ndim > 1 else v for k, v in batch.items()}))
@@ -168,12 +196,7 @@ def train_func(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            weights = torch.load(Path(ckpt_dir) / CHECKPOINT_MODEL, map_location=device, weights_only=True)
-            model.load_state_dict(weights["state_dict"])
-            state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_step = state["step"]
+            start_step = restore_checkpoint(lambda name: open(Path(ckpt_dir) / name, "rb"), model, optimizer, scheduler, device)
     model = ray.train.torch.prepare_model(model) if world > 1 else model
     core = model.module if hasattr(model, "module") else model
 
@@ -205,10 +228,9 @@ def train_func(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                M.save_open_clip_checkpoint(core, Path(tmp) / CHECKPOINT_MODEL, step, cfg.model)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}, Path(tmp) / CHECKPOINT_STATE)
+                save_checkpoint(Path(tmp), core, optimizer, scheduler, step, cfg.model)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({**metrics, "step": step}, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_step_{step:07d}")
+            ray.train.report({**metrics, "step": step}, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(step))
 
     # The loop calls model(image=..., text=...) and model.encode_text: DDP forwards the former.
     train_loop(_Forwarder(model, core), batches, loss_fn, optimizer, scheduler, cfg.loop_config(use_gpu), start_step, device, on_step, on_checkpoint)
