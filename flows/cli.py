@@ -314,6 +314,7 @@ def cmd_heldout_pairs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.report import render_markdown
     from pipeline.demo.sample import ImageServer, emoji_items, fetch_emoji_sample, write_url_list
+    from pipeline.imgdiff.emoji_pairs import write_emoji_pairs
 
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit: must be positive, got {args.limit}")
@@ -324,9 +325,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with ImageServer(sample, port=args.port) as server:
         urls = write_url_list(items, server.url, out / "input" / "urls.parquet")
+        # real Img-Diff pairs: the sample's skin-tone and colour variants (at most --limit of them)
+        pairs, pair_images = write_emoji_pairs(sample, out / "input" / "imgdiff_pairs.jsonl", args.limit)
         print(f"serving {len(items)} emoji from {server.url}; dataset: {out}", flush=True)
         # the demo's crawl may reach its own server and nothing else on loopback or private networks
-        summary = end_to_end(str(out), [str(urls)], args.recipe or "demo", args.gpu, allow_addresses=[server.address])
+        summary = end_to_end(
+            str(out), [str(urls)], args.recipe or "demo", args.gpu, allow_addresses=[server.address], imgdiff_pairs=[str(pairs), str(pair_images)],
+        )
     print(render_markdown(summary))
     print(f"dataset: {out}  (summary.md, summary.json, catalog.duckdb)")
     if summary.get("report"):

@@ -260,18 +260,52 @@ def neg_image_task(dataset: str, recipe: Recipe, overwrite: bool = False) -> dic
     return report
 
 
+IMGDIFF_HELDOUT_DIR = "imgdiff_heldout"  # <dataset>/imgdiff_heldout/: the eval split's kept pairs, for `foil eval --pairs`
+
+
+@task(name="imgdiff", retries=1, retry_delay_seconds=2)
+def imgdiff_task(dataset: str, recipe: Recipe, pairs: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """`foil imgdiff import` (when given a pairs file and its image folder), then `foil imgdiff`:
+    the recipe's generated pairs and the imported ones through the filter, the Difference Area
+    Generator and the captions."""
+    from pipeline import steps
+
+    ds = Dataset(dataset)
+    if pairs:
+        steps.imgdiff_import(ds, pairs[0], pairs[1], overwrite=overwrite)
+    report = steps.imgdiff(ds, recipe.imgdiff, recipe.runner(), generate=recipe.imgdiff_generate, overwrite=overwrite)
+    _publish("imgdiff", report)
+    return report
+
+
+def _heldout_pairs(dataset: str, recipe: Recipe) -> jobs.EvalFiles | None:
+    """The kept Img-Diff pairs of the eval split as a pairs file (`foil imgdiff export-pairs`),
+    so eval reports Winoground's text, image and group scores on pairs training never saw."""
+    from pipeline.imgdiff.pairs import export_pairs
+
+    folder = Path(dataset) / IMGDIFF_HELDOUT_DIR
+    pairs = folder / "pairs.jsonl"
+    if not export_pairs(Dataset(dataset), pairs, folder / "images", recipe.export.get("eval_percent", 10)):
+        return None
+    return jobs.EvalFiles(image_root=str(folder / "images"), pairs=(str(pairs),))
+
+
 @flow(name="end-to-end")
 def end_to_end(
     dataset: str, url_files: list[str], recipe_path: str | None = None, use_gpu: bool = False, allow_addresses: list[str] | None = None,
+    imgdiff_pairs: list[str] | None = None,
 ) -> dict[str, Any]:
     """crawl -> score -> [train-heads -> embed] -> dedup -> curate -> [index] -> negatives ->
-    [neg-image] -> export -> train -> eval -> summary.
+    [neg-image] -> [imgdiff] -> export -> train -> eval -> summary.
 
     With a `heads` section, the flow trains its own filter model on the rows that pass the rule
     thresholds and embeds with it (so curation's CLIP score, semantic dedup, the kNN index and
     kNN negatives all run); with an `embed` section, it embeds with that model. With a
     `neg_image` section, image negatives are made before export (mined ones are trained on;
-    those of a random-weight pipeline are flagged and never exported).
+    those of a random-weight pipeline are flagged and never exported). With `imgdiff_pairs`
+    ([pairs file, image folder]) or an `imgdiff.generate` section, Img-Diff pairs are imported
+    and/or generated and analysed before export (kept trainable pairs export as two rows that are
+    each other's negatives), and eval adds Winoground scores on the eval split's pairs.
     `allow_addresses` (ADDRESS:PORT): private servers the crawl may reach (the demo's own)."""
     recipe = _with_allowed(_recipe(recipe_path), allow_addresses)
     timings: dict[str, float] = {}
@@ -303,9 +337,13 @@ def end_to_end(
     timed("negatives", negatives_task, dataset, recipe)
     if embedded and recipe.neg_image:
         timed("neg_image", neg_image_task, dataset, recipe)
+    imgdiff = imgdiff_pairs or recipe.imgdiff_generate is not None
+    if imgdiff:
+        timed("imgdiff", imgdiff_task, dataset, recipe, imgdiff_pairs)
     timed("export", export_task, dataset, recipe)
     trained = timed("train", train_task, dataset, recipe, str(Path(dataset) / "checkpoints"), use_gpu)
-    metrics = timed("eval", eval_task, dataset, trained["checkpoint"], trained["model"], trained["run_id"])
+    files = _heldout_pairs(dataset, recipe) if imgdiff else None
+    metrics = timed("eval", eval_task, dataset, trained["checkpoint"], trained["model"], trained["run_id"], files)
     summary = build_summary(
         Dataset(dataset),
         timings,

@@ -5,9 +5,9 @@ Formats (image paths are relative to `image_root`):
 - SugarCrepe: a JSON object `{id: {"filename", "caption", "negative_caption"}}` (SugarCrepe's own
   files), or a list of such objects. Score: share of images closer to the caption than to the
   negative. One file is one kind (`replace_att.json` -> `replace_att`).
-- Pairs: JSON list of `{"image_0", "image_1", "caption_0", "caption_1"}`, where caption_i
-  describes image_i. Winoground's text score (each image prefers its own caption), image score
-  (each caption prefers its own image) and group score (both).
+- Pairs: scored by training/pairs.py, which reads both pairs formats (JSON lines
+  `{image_a, image_b, caption_a, caption_b, kind}`, or a JSON list of
+  `{image_0, image_1, caption_0, caption_1}`): Winoground's text, image and group scores.
 - Zero-shot: JSON list of `{"image", "label"}`; class names are the distinct labels, prompts
   are `templates` with `{}` replaced by the class name, averaged per class as in CLIP.
 
@@ -60,25 +60,6 @@ def sugarcrepe(model: torch.nn.Module, model_name: str, path: Path, image_root: 
     neg = np.sum(img * enc.texts([n for _, _, n in fields]), axis=1)
     kind = Path(path).stem
     return {f"sugarcrepe:{kind}": float(np.mean(pos > neg)), f"sugarcrepe:{kind}:items": float(len(fields))}
-
-
-def image_pairs(model: torch.nn.Module, model_name: str, path: Path, image_root: Path) -> dict[str, float]:
-    items = load_items(path)
-    names = ("image_0", "image_1", "caption_0", "caption_1")
-    rows = [[require_field(path, i, it, n) for n in names] for i, it in items]
-    enc = _Encoder(model, model_name, image_root)
-    i0, i1 = enc.images([r[0] for r in rows], path), enc.images([r[1] for r in rows], path)
-    c0, c1 = enc.texts([r[2] for r in rows]), enc.texts([r[3] for r in rows])
-    s = lambda a, b: np.sum(a * b, axis=1)  # noqa: E731  (row-wise cosine of normalised features)
-    text = (s(i0, c0) > s(i0, c1)) & (s(i1, c1) > s(i1, c0))  # each image picks its own caption
-    image = (s(c0, i0) > s(c0, i1)) & (s(c1, i1) > s(c1, i0))  # each caption picks its own image
-    stem = Path(path).stem
-    return {
-        f"pairs:{stem}:text_score": float(text.mean()),
-        f"pairs:{stem}:image_score": float(image.mean()),
-        f"pairs:{stem}:group_score": float((text & image).mean()),
-        f"pairs:{stem}:items": float(len(rows)),
-    }
 
 
 def zero_shot(model: torch.nn.Module, model_name: str, path: Path, image_root: Path, templates: tuple[str, ...] = DEFAULT_TEMPLATES) -> dict[str, float]:

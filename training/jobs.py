@@ -124,8 +124,10 @@ def evaluate(dataset: Dataset | None, checkpoint: str, model_name: str, run_id: 
     root = Path(files.image_root)
     for path in files.sugarcrepe:
         metrics.update(eval_files.sugarcrepe(model, model_name, Path(path), root))
-    for path in files.pairs:
-        metrics.update(eval_files.image_pairs(model, model_name, Path(path), root))
+    if files.pairs:  # either pairs format; `pairs:<file>:<metric>`, per kind too
+        from training import pairs
+
+        metrics.update(pairs.evaluate_files(pairs.ModelEmbedder(model, model_name), list(files.pairs), [], str(root)))
     for path in files.zeroshot:
         metrics.update(eval_files.zero_shot(model, model_name, Path(path), root, files.templates))
     if dataset is not None:

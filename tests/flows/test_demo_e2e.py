@@ -27,6 +27,7 @@ negatives: {kinds: [replace_attribute, replace_object], seed: 0, knn: {k: 8}}
 neg_image:
   methods: [mined, p2p]
   p2p: {pipeline: "tiny:txt2img", steps: 2, max_per_shard: 1}
+imgdiff: {generate: {pipeline: "tiny:txt2img", steps: 2, max_pairs_per_shard: 1}}
 export: {eval_percent: 20, webdataset: true}
 train: {model: foil-tiny-vit, steps: 6, batch_size: 16, warmup_steps: 1, checkpoint_every: 3, log_every: 3, workers: 1}
 """
@@ -79,8 +80,16 @@ def test_demo_end_to_end_then_resume(tmp_path, emoji_dir):
     assert funnel == [{"n": 120}]  # every row is either kept or removed for a named reason
     kinds = {r["kind"]: r["negatives"] for r in sql(out, "select * from neg_text_kinds")}
     assert kinds["replace_attribute"] > 0 and kinds["replace_object"] > 0
+    # Img-Diff: the sample's own variant pairs imported (at most --limit), a tiny-pipeline pair
+    # per neg_text shard generated (flagged); each pair kept or dropped for a named reason
+    assert sql(out, "select count(*) as n from imgdiff_import") == [{"n": 120}]
+    pairs = {r["method"]: r for r in sql(out, "select method, count(*) as n, count(filter_reason) as dropped, bool_or(trainable) as t from imgdiff group by method")}
+    assert pairs["import"]["n"] == 120 and 0 < pairs["import"]["dropped"] < 120 and pairs["import"]["t"]
+    assert pairs["p2p"]["n"] >= 1 and not pairs["p2p"]["t"]
+    kept_pairs = sql(out, "select count(*) as n from imgdiff where filter_reason is null and trainable")[0]["n"]
     train_rows = sql(out, "select split, count(*) as n from train group by split order by split")
-    assert sum(r["n"] for r in train_rows) == curated and {r["split"] for r in train_rows} == {"eval", "train"}
+    # every curated row, and two rows (each the other's negative) per kept trainable pair
+    assert sum(r["n"] for r in train_rows) == curated + 2 * kept_pairs and {r["split"] for r in train_rows} == {"eval", "train"}
     # image negatives: mined ones (real images) are trained on, the tiny pipeline's never
     methods = {r["method"]: r for r in sql(out, "select method, count(*) as n, bool_and(trainable) as t, bool_or(trainable) as any_t from neg_image group by method")}
     assert methods["mined"]["n"] > 0 and methods["mined"]["t"]
@@ -90,12 +99,18 @@ def test_demo_end_to_end_then_resume(tmp_path, emoji_dir):
     p2p_rejected = sql(out, "select coalesce(sum(rows), 0) as n from drop_reasons where table_name = 'neg_image_p2p' and reason like 'p2p:%'")[0]["n"]
     assert p2p_made == methods.get("p2p", {"n": 0})["n"] and 1 <= p2p_made + p2p_rejected <= 3
     expected = sql(out, "select count(distinct n.sample_id) as n from neg_image n join curated c using (sample_id) where n.trainable")[0]["n"]
-    assert sql(out, "select count(*) as n from train where negative_image is not null")[0]["n"] == expected > 0
+    assert sql(out, "select count(*) as n from train where negative_image is not null and negative_kind <> 'imgdiff'")[0]["n"] == expected > 0
+    assert sql(out, "select count(*) as n from train where negative_image is not null and negative_kind = 'imgdiff'")[0]["n"] == 2 * kept_pairs
     agree = "select count(distinct t.sample_id) as n from train t join neg_image n on n.sample_id = t.sample_id and n.negative_caption = t.negative_caption and n.trainable where t.negative_image is not null"
     assert sql(out, agree)[0]["n"] == expected  # each negative image came with its own caption
     curve = sql(out, "select step, value from train_metrics where name = 'loss' order by step")
     assert [r["step"] for r in curve] == [3, 6]
     evals = {r["name"]: r["value"] for r in sql(out, "select name, value from eval_metrics")}
+    # Winoground-style scores on the eval split's kept pairs, exported for `foil eval --pairs`
+    heldout = (out / "imgdiff_heldout" / "pairs.jsonl").read_text().splitlines()
+    pair_metrics = {k: evals.pop(k) for k in list(evals) if k.startswith("pairs:pairs:")}
+    assert pair_metrics["pairs:pairs:pairs"] == pair_metrics["pairs:pairs:imgdiff:pairs"] == len(heldout) > 0
+    assert all(0 <= pair_metrics[f"pairs:pairs:{k}_score"] <= 1 for k in ("text", "image", "group"))
     # What the demo recorded is what its checkpoint scores on the eval split, recomputed here.
     import pyarrow.compute as pc
 
