@@ -4,13 +4,16 @@ The template captioner names the replaced objects and the place of the most diff
 ("on the left: a red apple in the first image, a green apple in the second"), and lists where
 the other boxes are. Where the object words are unknown (an imported pair), they are the words
 that differ between the two captions. Captioners are looked up by name in `CAPTIONERS`
-(`imgdiff.captioner`), so a local captioning model can be added under its own name.
+(`imgdiff.captioner`); `imgdiff.captioner` may instead be a local folder holding a transformers
+image-to-text model (a VisionEncoderDecoder or BLIP `save_pretrained` folder, read offline): the
+model captions the two crops of the most different box, and the sentence says where it is.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -69,6 +72,12 @@ class Captioner(Protocol):
     def caption(self, image_a: np.ndarray, image_b: np.ndarray, boxes: list[Box], object_a: str, object_b: str) -> str: ...
 
 
+def _sentence(places: list[str], first: str, second: str) -> str:
+    text = f"{places[0]}: {first} in the first image, {second} in the second"
+    others = list(dict.fromkeys(p for p in places[1:] if p != places[0]))
+    return text + ("; also changed " + ", ".join(others) if others else "")
+
+
 class TemplateCaptioner:
     """Object pair and box positions in one sentence; needs no model."""
 
@@ -76,18 +85,64 @@ class TemplateCaptioner:
         if not boxes:
             return ""
         height, width = image_a.shape[:2]
-        places = [where(box, width, height) for box in boxes]
-        text = f"{places[0]}: {with_article(object_a)} in the first image, {with_article(object_b)} in the second"
-        others = list(dict.fromkeys(p for p in places[1:] if p != places[0]))
-        if others:
-            text += "; also changed " + ", ".join(others)
-        return text
+        return _sentence([where(box, width, height) for box in boxes], with_article(object_a), with_article(object_b))
+
+
+class ModelCaptioner:
+    """A local image-to-text model describes the most different box's crop in each image.
+
+    The model is loaded on the first caption (a recipe check builds none), on the GPU when there
+    is one. A crop the model says nothing about is named by the object words instead.
+    """
+
+    def __init__(self, folder: str, max_new_tokens: int = 24):
+        self.folder = str(folder)
+        self.max_new_tokens = max_new_tokens
+        self._model = None
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        try:
+            self._processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+            model = AutoModelForImageTextToText.from_pretrained(self.folder, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"imgdiff.captioner: {self.folder}: not a loadable image-to-text model ({str(exc).splitlines()[0]})") from None
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._model = model.to(self._device).eval()
+
+    def describe(self, crops: list[np.ndarray]) -> list[str]:
+        """The model's caption of each crop (greedy decoding)."""
+        import torch
+
+        if self._model is None:
+            self._load()
+        pixels = self._processor(images=[np.ascontiguousarray(c) for c in crops], return_tensors="pt")["pixel_values"].to(self._device)
+        with torch.no_grad():
+            tokens = self._model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+        return [t.strip() for t in self._tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+
+    def caption(self, image_a: np.ndarray, image_b: np.ndarray, boxes: list[Box], object_a: str, object_b: str) -> str:
+        if not boxes:
+            return ""
+        x0, y0, x1, y1 = (int(v) for v in boxes[0])
+        first, second = self.describe([image_a[y0:y1, x0:x1], image_b[y0:y1, x0:x1]])
+        height, width = image_a.shape[:2]
+        return _sentence([where(box, width, height) for box in boxes], first or with_article(object_a), second or with_article(object_b))
 
 
 CAPTIONERS: dict[str, Callable[[], Captioner]] = {"template": TemplateCaptioner}
 
 
 def captioner(name: str) -> Captioner:
-    if name not in CAPTIONERS:
-        raise ConfigError(f"imgdiff.captioner: unknown captioner {name!r}; known: {', '.join(sorted(CAPTIONERS))}")
-    return CAPTIONERS[name]()
+    """A captioner by name, or a model captioner for a local model folder (one with config.json)."""
+    if name in CAPTIONERS:
+        return CAPTIONERS[name]()
+    if isinstance(name, str) and (Path(name) / "config.json").is_file():
+        return ModelCaptioner(name)
+    raise ConfigError(
+        f"imgdiff.captioner: unknown captioner {name!r}; known: {', '.join(sorted(CAPTIONERS))}, "
+        "or a local folder holding an image-to-text model (config.json)"
+    )
