@@ -4,8 +4,10 @@ Candidate boxes come from proposers, looked up by name in `PROPOSERS`: `differen
 connected components of the thresholded, denoised pixel difference of the two images (the
 workhorse); `regions` segments each image on its own (what a segmentation model does in the
 released code) and proposes every region of both images at the same place in the other, so most
-of its boxes sit on unchanged objects and the crop filter must remove them. A model-backed
-proposer registers under its own name and is chosen in the recipe (`imgdiff.proposers`).
+of its boxes sit on unchanged objects and the crop filter must remove them. A proposer may also
+be a local folder holding a transformers semantic-segmentation model (SegFormer, say, read
+offline): `regions` with the model's segments instead of the background threshold. Other
+proposers register under their own name; the recipe chooses (`imgdiff.proposers`).
 
 Each candidate box is then kept only if its two crops differ (crop similarity below
 `crop_threshold`, from the scorer: the embed model's cosine, or the share of unchanged pixels
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -128,6 +131,52 @@ class RegionProposer:
         return boxes
 
 
+class SegmentationProposer:
+    """Each image segmented alone by a local semantic-segmentation model: the connected pieces of
+    every class but the image's background (the class most common on its border), in both images.
+    The model is loaded on the first pair, on the GPU when there is one."""
+
+    def __init__(self, folder: str, field: str = "imgdiff.proposers"):
+        self.folder, self.field = str(folder), field
+        self._model = None
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+        try:
+            self._processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
+            model = AutoModelForSemanticSegmentation.from_pretrained(self.folder, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{self.field}: {self.folder}: not a loadable segmentation model ({str(exc).splitlines()[0]})") from None
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._model = model.to(self._device).eval()
+
+    def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image, its class map [H, W] at the image's own size."""
+        import torch
+
+        if self._model is None:
+            self._load()
+        pixels = self._processor(images=[np.ascontiguousarray(i) for i in images], return_tensors="pt")["pixel_values"].to(self._device)
+        with torch.no_grad():
+            logits = self._model(pixel_values=pixels).logits
+        return [
+            torch.nn.functional.interpolate(logits[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False)[0].argmax(0).cpu().numpy()
+            for i, image in enumerate(images)
+        ]
+
+    def propose(self, a: np.ndarray, b: np.ndarray, changed: np.ndarray) -> list[Box]:
+        boxes: list[Box] = []
+        for labels in self.segment([a, b]):
+            border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            background = np.bincount(border).argmax()
+            for value in np.unique(labels):
+                if value != background:
+                    boxes += [box for box in _component_boxes(labels == value) if box not in boxes]
+        return boxes
+
+
 PROPOSERS: dict[str, Callable[[], Proposer]] = {
     "difference": DifferenceProposer,
     "regions": RegionProposer,
@@ -135,9 +184,12 @@ PROPOSERS: dict[str, Callable[[], Proposer]] = {
 
 
 def proposer(name: str, field: str = "imgdiff.proposers") -> Proposer:
-    if name not in PROPOSERS:
-        raise ConfigError(f"{field}: unknown proposer {name!r}; known: {', '.join(sorted(PROPOSERS))}")
-    return PROPOSERS[name]()
+    """A proposer by name, or a segmentation proposer for a local model folder (with config.json)."""
+    if name in PROPOSERS:
+        return PROPOSERS[name]()
+    if (Path(name) / "config.json").is_file():
+        return SegmentationProposer(name, field)
+    raise ConfigError(f"{field}: unknown proposer {name!r}; known: {', '.join(sorted(PROPOSERS))}, or a local folder holding a segmentation model (config.json)")
 
 
 class CropScorer(Protocol):
