@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.core.stage import ConfigError
+from pipeline.imgdiff.local_models import load_local_model
 
 Box = tuple[int, int, int, int]  # [x0, y0, x1, y1) in pixels
 
@@ -140,27 +141,14 @@ class SegmentationProposer:
         self.folder, self.field = str(folder), field
         self._model = None
 
-    def _load(self) -> None:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-        try:
-            self._processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
-            model = AutoModelForSemanticSegmentation.from_pretrained(self.folder, local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"{self.field}: {self.folder}: not a loadable segmentation model ({str(exc).splitlines()[0]})") from None
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = model.to(self._device).eval()
-
     def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, its class map [H, W] at the image's own size."""
         import torch
 
         if self._model is None:
-            self._load()
-        pixels = self._processor(images=[np.ascontiguousarray(i) for i in images], return_tensors="pt")["pixel_values"].to(self._device)
+            self._model = load_local_model(self.folder, "AutoModelForSemanticSegmentation", self.field, "segmentation model")
         with torch.no_grad():
-            logits = self._model(pixel_values=pixels).logits
+            logits = self._model.model(pixel_values=self._model.pixels(images)).logits
         return [
             torch.nn.functional.interpolate(logits[i : i + 1], size=image.shape[:2], mode="bilinear", align_corners=False)[0].argmax(0).cpu().numpy()
             for i, image in enumerate(images)

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.core.stage import ConfigError
 from pipeline.imgdiff.areas import Box
+from pipeline.imgdiff.local_models import load_local_model
 
 _ROWS = ("top", "middle", "bottom")
 _COLUMNS = ("left", "centre", "right")
@@ -100,29 +101,15 @@ class ModelCaptioner:
         self.max_new_tokens = max_new_tokens
         self._model = None
 
-    def _load(self) -> None:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-
-        try:
-            self._processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            model = AutoModelForImageTextToText.from_pretrained(self.folder, local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"imgdiff.captioner: {self.folder}: not a loadable image-to-text model ({str(exc).splitlines()[0]})") from None
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = model.to(self._device).eval()
-
     def describe(self, crops: list[np.ndarray]) -> list[str]:
         """The model's caption of each crop (greedy decoding)."""
         import torch
 
         if self._model is None:
-            self._load()
-        pixels = self._processor(images=[np.ascontiguousarray(c) for c in crops], return_tensors="pt")["pixel_values"].to(self._device)
+            self._model = load_local_model(self.folder, "AutoModelForImageTextToText", "imgdiff.captioner", "image-to-text model", tokenizer=True)
         with torch.no_grad():
-            tokens = self._model.generate(pixel_values=pixels, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
-        return [t.strip() for t in self._tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+            tokens = self._model.model.generate(pixel_values=self._model.pixels(crops), max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1)
+        return [t.strip() for t in self._model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     def caption(self, image_a: np.ndarray, image_b: np.ndarray, boxes: list[Box], object_a: str, object_b: str) -> str:
         if not boxes:
