@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,32 @@ def wait_for_http(url: str, timeout: float) -> bool:
         except OSError:
             time.sleep(0.5)
     return False
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1, and the environment a user would set to reach it."""
+    import s3fs
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "foil-test", "AWS_SECRET_ACCESS_KEY": "foil-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert wait_for_http(endpoint, 60), "moto server did not start"
+        s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches a filesystem per arguments, not per endpoint
+        s3fs.S3FileSystem().mkdir("foil-bucket")
+        yield env
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

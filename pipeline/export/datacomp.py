@@ -84,6 +84,12 @@ def write_datacomp_uids(dataset: Dataset, out_path: str) -> DatacompUidReport:
         except ValueError as exc:
             raise ConfigError(f"sample_id {sid}: column {UID!r}: {exc}") from None
     arr = uid_array(uid for _, uid in rows)
+    if "://" in out_path:  # object storage: the object appears whole when the upload completes
+        import fsspec
+
+        with fsspec.open(out_path, "wb") as f:
+            np.save(f, arr)
+        return DatacompUidReport(path=out_path, curated_rows=len(rows), uids=len(arr), duplicate_uids=len(rows) - len(arr))
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     # np.save appends .npy to a name without it; write to a temporary name that has it, then rename.

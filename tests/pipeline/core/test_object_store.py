@@ -19,36 +19,8 @@ from pipeline.core import schema as S
 from pipeline.core.catalog import Catalog
 from pipeline.core.runners import LocalRunner
 from pipeline.core.store import Dataset
-from tests.conftest import free_port, wait_for_http
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1, and the environment a user would set to reach it."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "foil-test", "AWS_SECRET_ACCESS_KEY": "foil-test", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        assert wait_for_http(endpoint, 60), "moto server did not start"
-        import s3fs
-
-        s3fs.S3FileSystem().mkdir("foil-bucket")
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _loop(dataset: Dataset, urls: str, allow: str) -> dict[str, int]:

@@ -98,6 +98,21 @@ def test_curate_on_precomputed_scores_then_export_sorted_uids(pool):
     assert np.load(out).tolist() == _expected(by_uid, lambda r: r["clip_b32_similarity_score"] >= cut)
 
 
+def test_uids_export_into_a_bucket(pool, s3):
+    """`--datacomp-uids s3://...`: the same array, as one object on a real S3 server (moto's)."""
+    import io
+
+    import s3fs
+
+    ds, by_uid, tmp = pool
+    steps.curate(ds, {"clip_score_from": "clip_l14_similarity_score", "min_clip_score": 0.25})
+    assert main(["export", "--dataset", str(ds.root), "--datacomp-uids", "s3://foil-bucket/datacomp/l14.npy"]) == 0
+    stored = s3fs.S3FileSystem(use_listings_cache=False)
+    arr = np.load(io.BytesIO(stored.cat_file("foil-bucket/datacomp/l14.npy")))
+    assert arr.dtype == np.dtype("u8,u8") and arr.tolist() == _expected(by_uid, lambda r: r["clip_l14_similarity_score"] >= 0.25)
+    assert stored.find("foil-bucket/datacomp") == ["foil-bucket/datacomp/l14.npy"]  # nothing else written
+
+
 def test_rows_without_uid_or_score_are_named(pool, tmp_path, capsys):
     ds, _, _ = pool
     steps.curate(ds, {"clip_score_from": "not_a_kept_column", "min_clip_score": 0.2})
