@@ -364,11 +364,13 @@ def fit(dataset_root: str, cfg: TrainConfig, out_dir: str, workers: int = 1, use
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     history = read_curve(curve_path)
-    ckpt_dir = result.checkpoint.path
+    ckpt_dir = result.checkpoint.path  # a path on Ray's storage filesystem: no scheme for a bucket
+    if "://" in storage and not storage.startswith("file://"):
+        ckpt_dir = f"{fsspec.utils.get_protocol(storage)}://{ckpt_dir.lstrip('/')}"
     return TrainResult(
         run_name=run_name,
         checkpoint_dir=ckpt_dir,
-        model_weights=str(Path(ckpt_dir) / CHECKPOINT_MODEL),
+        model_weights=f"{ckpt_dir}/{CHECKPOINT_MODEL}",
         steps=int(result.metrics.get("step", cfg.steps)),
         seconds=time.perf_counter() - start,
         history=history,

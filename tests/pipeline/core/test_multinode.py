@@ -1,8 +1,10 @@
 """A Ray cluster of three nodes on this machine (`ray start --head`, then two `ray start
 --address`, each worker node with one CPU and its own custom resource; the head has no CPU, so
-every task runs on a worker node). foil's stages and training attach to it, spread their shards
-over both nodes (each shard's marker records its node), train with one worker per node, and a
-stage that loses a node mid-way finishes on the other with the rows of an undisturbed run."""
+every task runs on a worker node). foil's stages and training attach to it with the dataset in
+a bucket (moto's S3 server on loopback, the storage the nodes share), spread their shards over
+both nodes (each shard's marker records its node), train with one worker per node into the same
+bucket, and a stage that loses a node mid-way finishes on the other with the rows of an
+undisturbed run."""
 
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ with ImageServer(sample, handler=Slow) as server:
     runner = RayRunner(retries=3, progress=False)
     params = {"image_size": 32, "thread_count": 2, "allow_addresses": [server.address]}
     out = {"cluster_nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]}
-    if what == "spread":
-        ds = Dataset(f"{work}/ds")
+    if what == "spread":  # the dataset and the checkpoints in the bucket the nodes share
+        ds = Dataset("s3://foil-bucket/multinode")
         steps.crawl(ds, [urls], params, runner, shard_rows=8)
         steps.embed(ds, {"model": "foil-tiny-vit", "batch_size": 8}, runner)
         steps.score(ds, runner)
@@ -67,11 +69,16 @@ with ImageServer(sample, handler=Slow) as server:
         out["raw"] = sorted(map(list, zip(*ds.table(S.RAW).read(columns=[S.CAPTION, S.STATUS, S.SHA256]).to_pydict().values())))
         from training.config import TrainConfig
         from training import jobs
-        cfg = TrainConfig(model="foil-tiny-vit", steps=4, batch_size=8, use_negatives=False, checkpoint_every=None, log_every=2)
-        run_id, result = jobs.train(ds, cfg, f"{work}/ckpt", workers=2)
-        starts = [json.loads(l) for l in open(f"{work}/ckpt/{run_id}/curve.jsonl") if '"event": "start"' in l]
+        import fsspec
+        cfg = TrainConfig(model="foil-tiny-vit", steps=4, batch_size=8, use_negatives=False, checkpoint_every=2, log_every=2)
+        run_id, result = jobs.train(ds, cfg, "s3://foil-bucket/multinode-ckpt", workers=2)
+        with fsspec.open(f"s3://foil-bucket/multinode-ckpt/{run_id}/curve.jsonl", "r") as f:
+            starts = [json.loads(l) for l in f if '"event": "start"' in l]
         out["train_worker_nodes"] = starts[-1]["nodes"]  # each worker's node, by rank
         out["train_steps"] = result.steps
+        out["run_id"] = run_id
+        out["model_weights"] = result.model_weights
+        out["runs_checkpoint"] = ds.table(S.RUNS).read(columns=["checkpoint"]).to_pydict()["checkpoint"]
     else:  # "killed": the same crawl; the test kills a node once two shards are committed
         ds = Dataset(f"{work}/killed")
         print("started", flush=True)
@@ -145,9 +152,10 @@ def _wait_nodes(env: dict[str, str], address: str, n: int, timeout: float = 300)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, s3):
     """Head (no CPU) + two worker nodes, in their own temp dir so no other test attaches, and
-    so that its processes (and only those) can be found to kill a node and to stop it."""
+    so that its processes (and only those) can be found to kill a node and to stop it. Every
+    node has the bucket's environment (endpoint and keys), as a user's nodes would."""
     temp = str(tmp_path_factory.mktemp("ray"))
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -181,6 +189,16 @@ def test_stages_and_training_spread_over_two_nodes_and_survive_losing_one(cluste
         assert set(spread[stage].values()) == workers, (stage, spread[stage])  # every shard on a worker node, both used
     assert spread["train_steps"] == 4
     assert sorted(set(spread["train_worker_nodes"])) == sorted(workers)  # one training worker per node
+    # Ray Train wrote its checkpoints into the bucket; foil records and returns the weights' URI.
+    import s3fs
+
+    run_id = spread["run_id"]
+    assert spread["model_weights"] == f"s3://foil-bucket/multinode-ckpt/{run_id}/checkpoint_step_0000004/open_clip_model.pt"
+    assert spread["runs_checkpoint"] == [spread["model_weights"]]
+    stored = s3fs.S3FileSystem(use_listings_cache=False).find(f"foil-bucket/multinode-ckpt/{run_id}")
+    assert {p.rsplit("/", 2)[-2] for p in stored if p.endswith("open_clip_model.pt")} == {"checkpoint_step_0000002", "checkpoint_step_0000004"}
+    assert any(p.endswith("raw/part-00000.parquet") for p in s3fs.S3FileSystem(use_listings_cache=False).find("foil-bucket/multinode"))
+    assert not (tmp_path / "s3:").exists()  # nothing written to a local folder named after the url
 
     # The same crawl again; once two shards are committed, node_b dies (SIGKILL of its raylet and workers).
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), "killed"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
