@@ -4,7 +4,7 @@ every task runs on a worker node). foil's stages and training attach to it with 
 a bucket (moto's S3 server on loopback, the storage the nodes share), spread their shards over
 both nodes (each shard's marker records its node), train with one worker per node into the same
 bucket, and a stage that loses a node mid-way finishes on the other with the rows of an
-undisturbed run."""
+undisturbed run. Training goes through `foil submit`, as a Ray Job on the head."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import s3fs
 
+from pipeline.core import schema as S
+from pipeline.core.store import Dataset
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,18 +70,6 @@ with ImageServer(sample, handler=Slow) as server:
         out["crawl_nodes"] = nodes(ds, S.RAW)
         out["embed_nodes"] = nodes(ds, S.EMBEDDINGS)
         out["raw"] = sorted(map(list, zip(*ds.table(S.RAW).read(columns=[S.CAPTION, S.STATUS, S.SHA256]).to_pydict().values())))
-        from training.config import TrainConfig
-        from training import jobs
-        import fsspec
-        cfg = TrainConfig(model="foil-tiny-vit", steps=4, batch_size=8, use_negatives=False, checkpoint_every=2, log_every=2)
-        run_id, result = jobs.train(ds, cfg, "s3://foil-bucket/multinode-ckpt", workers=2)
-        with fsspec.open(f"s3://foil-bucket/multinode-ckpt/{run_id}/curve.jsonl", "r") as f:
-            starts = [json.loads(l) for l in f if '"event": "start"' in l]
-        out["train_worker_nodes"] = starts[-1]["nodes"]  # each worker's node, by rank
-        out["train_steps"] = result.steps
-        out["run_id"] = run_id
-        out["model_weights"] = result.model_weights
-        out["runs_checkpoint"] = ds.table(S.RUNS).read(columns=["checkpoint"]).to_pydict()["checkpoint"]
     else:  # "killed": the same crawl; the test kills a node once two shards are committed
         ds = Dataset(f"{work}/killed")
         print("started", flush=True)
@@ -151,6 +142,14 @@ def _wait_nodes(env: dict[str, str], address: str, n: int, timeout: float = 300)
     raise AssertionError(f"the cluster did not reach {n} nodes")
 
 
+def _agent_ports() -> list[str]:
+    """Each node's agents on ports of their own: three nodes on one machine (and any Ray another
+    test started) would otherwise all want the defaults, and a head whose job agent cannot bind
+    never takes a job."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3):
     """Head (no CPU) + two worker nodes, in their own temp dir so no other test attaches, and
@@ -161,12 +160,15 @@ def cluster(tmp_path_factory, s3):
     address = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(FAST_FAILURE)
+    dashboard = free_port()
     try:
-        _start(["--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"], env)
+        _start(["--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", *_agent_ports()], env)
         for name in ("node_a", "node_b"):
-            _start([f"--address={address}", "--num-cpus=1", f"--resources={json.dumps({name: 1})}"], env)
+            _start([f"--address={address}", "--num-cpus=1", f"--resources={json.dumps({name: 1})}", *_agent_ports()], env)
         _wait_nodes(env, address, 3)
-        yield {"address": address, "env": {**env, "RAY_ADDRESS": address}, "kill_node": lambda name: _kill(_with_children(_pids(temp, name)))}
+        yield {"address": address, "jobs": f"http://127.0.0.1:{dashboard}", "env": {**env, "RAY_ADDRESS": address},
+               "kill_node": lambda name: _kill(_with_children(_pids(temp, name)))}
     finally:
         # Never `ray stop`: it would stop every Ray on the machine, not only this cluster.
         _kill(_pids(temp))
@@ -187,18 +189,28 @@ def test_stages_and_training_spread_over_two_nodes_and_survive_losing_one(cluste
     assert len(workers) == 2
     for stage in ("crawl_nodes", "embed_nodes"):
         assert set(spread[stage].values()) == workers, (stage, spread[stage])  # every shard on a worker node, both used
-    assert spread["train_steps"] == 4
-    assert sorted(set(spread["train_worker_nodes"])) == sorted(workers)  # one training worker per node
-    # Ray Train wrote its checkpoints into the bucket; foil records and returns the weights' URI.
-    import s3fs
-
-    run_id = spread["run_id"]
-    assert spread["model_weights"] == f"s3://foil-bucket/multinode-ckpt/{run_id}/checkpoint_step_0000004/open_clip_model.pt"
-    assert spread["runs_checkpoint"] == [spread["model_weights"]]
-    stored = s3fs.S3FileSystem(use_listings_cache=False).find(f"foil-bucket/multinode-ckpt/{run_id}")
+    # Training as a user submits it to a cluster: `foil submit` runs `foil train` as a Ray Job on
+    # the head, which places one Ray Train worker on each node and checkpoints into the bucket.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: {steps: 4, batch_size: 8, use_negatives: false, checkpoint_every: 2, log_every: 1, warmup_steps: 1}\n")
+    sub = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "submit", "--address", cluster["jobs"], "--dataset", "s3://foil-bucket/multinode", "--config", str(recipe),
+         "--out", "s3://foil-bucket/multinode-ckpt", "--workers", "2", "--python", sys.executable],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
+    assert "[foil train] step 4/4" in sub.stdout and "SUCCEEDED" in sub.stdout.splitlines()[-1]  # the job's log, streamed back
+    bucket = s3fs.S3FileSystem(use_listings_cache=False)
+    (run,) = Dataset("s3://foil-bucket/multinode").table(S.RUNS).read(columns=[S.RUN_ID, "checkpoint", "steps"]).to_pylist()
+    assert run["steps"] == 4
+    assert run["checkpoint"] == f"s3://foil-bucket/multinode-ckpt/{run[S.RUN_ID]}/checkpoint_step_0000004/open_clip_model.pt"
+    curve = bucket.cat_file(f"foil-bucket/multinode-ckpt/{run[S.RUN_ID]}/curve.jsonl").decode().splitlines()
+    start = [json.loads(l) for l in curve if '"event": "start"' in l][-1]
+    assert start["world_size"] == 2 and sorted(set(start["nodes"])) == sorted(workers)  # one training worker per node
+    stored = bucket.find(f"foil-bucket/multinode-ckpt/{run[S.RUN_ID]}")
     assert {p.rsplit("/", 2)[-2] for p in stored if p.endswith("open_clip_model.pt")} == {"checkpoint_step_0000002", "checkpoint_step_0000004"}
-    assert any(p.endswith("raw/part-00000.parquet") for p in s3fs.S3FileSystem(use_listings_cache=False).find("foil-bucket/multinode"))
-    assert not (tmp_path / "s3:").exists()  # nothing written to a local folder named after the url
+    assert any(p.endswith("raw/part-00000.parquet") for p in bucket.find("foil-bucket/multinode"))
+    assert not (tmp_path / "s3:").exists() and not (REPO / "s3:").exists()  # nothing in a local folder named after the url
 
     # The same crawl again; once two shards are committed, node_b dies (SIGKILL of its raylet and workers).
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), "killed"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
