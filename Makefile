@@ -16,11 +16,16 @@ venv: $(STAMP)
 
 # The lock pins every package; --no-deps installs exactly it. img2dataset lists the Python 3.6
 # `dataclasses` backport, which would shadow the standard library (and break Prefect's local
-# server), so the lock leaves it out on purpose.
+# server), so the lock leaves it out on purpose. pip byte-compiles on one core; compileall on
+# every core does the same in about half the time (2 cores: 52 s instead of 95 s). It skips the
+# only files that are not Python 3.11 (langid's Python 2 training scripts, a torch test helper
+# in 3.12 syntax), which pip would have skipped too.
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-deps -r requirements.lock 2>$(VENV)/pip.log || { cat $(VENV)/pip.log; exit 1; }
+	$(BIN)/pip install --quiet --no-deps --no-compile -r requirements.lock 2>$(VENV)/pip.log || { cat $(VENV)/pip.log; exit 1; }
+	$(BIN)/python -m compileall -q -j 0 -x '/langid/train/|/torch/testing/_internal/py312_intrinsics' $(VENV)/lib/python3.11/site-packages \
+		>$(VENV)/compile.log || { cat $(VENV)/compile.log; exit 1; }
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . 2>>$(VENV)/pip.log || { cat $(VENV)/pip.log; exit 1; }
 	@touch $@
 

@@ -1,5 +1,6 @@
-"""Kill a 2-worker Ray Train job with SIGKILL mid-run, rerun it, and check it resumes at the last
-checkpoint's step and ends with an open_clip-loadable checkpoint."""
+"""A real 2-worker Ray Train job on the tiny model, killed with SIGKILL mid-run and rerun: it
+resumes at the last checkpoint's step, ends with an open_clip-loadable checkpoint of trained
+weights, and records one run, its curve (each step once) and the eval `foil eval` would give."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from pathlib import Path
 
 import open_clip
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
 import torch
 
 from pipeline.core import schema as S
+from pipeline.core.catalog import Catalog
 from pipeline.core.store import Dataset
 from pipeline.models import factory as M
-from training.ray_train import read_curve
+from training import jobs
+from training.evaluate import evaluate
+from training.ray_train import negative_image_rows, read_curve
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"steps": 12, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "warmup_steps": 1}
@@ -40,18 +46,23 @@ def _events(curve: Path) -> list[dict]:
 
 
 def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_dir, few_emoji):
+    items = few_emoji[:40]
+    image = lambda it: (emoji_dir / "img/google/64" / it.image).read_bytes()  # noqa: E731
     rows = {name: [] for name in S.TRAIN_SCHEMA.names}
-    for i, it in enumerate(few_emoji[:32]):
+    for i, it in enumerate(items):
+        following = items[(i + 1) % len(items)]
         rows[S.SAMPLE_ID].append(f"{i:016x}")
         rows[S.CAPTION].append(it.caption)
-        rows[S.NEG_CAPTION].append(None)
-        rows[S.NEG_KIND].append(None)
-        rows[S.SPLIT].append("train")
-        rows[S.IMAGE].append((emoji_dir / "img/google/64" / it.image).read_bytes())
-        rows[S.NEG_IMAGE_COL].append(None)
+        rows[S.NEG_CAPTION].append(following.caption if i % 2 else None)
+        rows[S.NEG_KIND].append("replace_object" if i % 2 else None)
+        rows[S.SPLIT].append("eval" if i % 5 == 0 else "train")
+        rows[S.IMAGE].append(image(it))
+        # every third row has a negative image (the next emoji): the Ray path encodes and masks them
+        rows[S.NEG_IMAGE_COL].append(image(following) if i % 3 == 0 else None)
     ds = Dataset(tmp_path / "ds")
     ds.table(S.TRAIN).write_shard("part-00000", pa.table(rows, schema=S.TRAIN_SCHEMA))
     ds.table(S.TRAIN).write_manifest("export", {}, [S.RAW])
+    assert negative_image_rows(ds.table(S.TRAIN).shard_uris()) == 14  # rows 0, 3, ..., 39
     out = tmp_path / "ckpt"
     cmd = [sys.executable, "-c", TRAIN, ds.root, str(out)]
 
@@ -84,11 +95,30 @@ def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_di
     assert after == list(range(resumed_at + 1, CONFIG["steps"] + 1))  # no step skipped, none repeated
     assert [r["step"] for r in read_curve(curve)] == list(range(1, CONFIG["steps"] + 1))
 
-    weights = next(out.glob("*/checkpoint_step_0000012/open_clip_model.pt"))
+    run_dir = curve.parent
+    weights = (run_dir / "checkpoint_step_0000012" / "open_clip_model.pt").resolve()
     M.register_foil_configs()  # foil's architectures, as a user does before loading (README)
     loaded, _, _ = open_clip.create_model_and_transforms("foil-tiny-vit", pretrained=str(weights))
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.state_dict().items())
     mine = M.create_model("foil-tiny-vit")
-    mine.load_state_dict(torch.load(weights, weights_only=True)["state_dict"])
+    mine.load_state_dict(saved)
     text = M.tokenizer("foil-tiny-vit")(["a red apple", "a blue car"])
     with torch.no_grad():
         assert torch.equal(loaded.eval().encode_text(text), mine.eval().encode_text(text))
+    torch.manual_seed(0)  # rank 0 seeds with 0: trained weights are not the initial ones
+    assert not torch.equal(M.create_model("foil-tiny-vit").state_dict()["visual.proj"], saved["visual.proj"])
+
+    # One run recorded (the killed attempt never finished), with each step of its curve once.
+    run_id = run_dir.name
+    cat = Catalog(ds)
+    assert cat.query("select run_id, checkpoint, steps from runs").to_pylist() == [{"run_id": run_id, "checkpoint": str(weights), "steps": 12}]
+    logged = cat.query(f"select step from train_metrics where run_id = '{run_id}' and name = 'loss' order by step").column("step").to_pylist()
+    assert logged == list(range(1, CONFIG["steps"] + 1))
+    # jobs.evaluate (what `foil eval` runs) scores that checkpoint on the eval split and records it
+    metrics = jobs.evaluate(ds, str(weights), "foil-tiny-vit", run_id)
+    table = ds.table(S.TRAIN).read()
+    assert metrics["eval_rows"] == 8 and metrics == pytest.approx(evaluate(loaded, "foil-tiny-vit", table.filter(pc.equal(table[S.SPLIT], "eval"))))
+    recorded = Catalog(ds).query(f"select name, value from eval_metrics where run_id = '{run_id}'").to_pylist()
+    assert {r["name"]: r["value"] for r in recorded} == pytest.approx(metrics)
+    assert {"image_to_text_R@1", "text_to_image_R@1", "hard_negative_accuracy"} <= set(metrics)
