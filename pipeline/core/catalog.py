@@ -185,12 +185,13 @@ class Catalog:
         try:
             for name in self.dataset.tables():
                 table = self.dataset.table(name)
-                if not table.finished_shards():
+                finished = table.finished_shards()
+                if not finished:
                     status[name] = "skipped: no finished shards"
                     continue
                 # The committed shards only (those with a completion marker), listed: a glob
                 # would also match a shard whose marker was never written.
-                files = ", ".join("'" + uri.replace("'", "''") + "'" for uri in table.shard_uris())
+                files = ", ".join("'" + uri.replace("'", "''") + "'" for uri in table.shard_uris(finished))
                 con.execute(
                     f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (filename), '
                     f"regexp_extract(filename, '(part-[0-9]+)\\.parquet$', 1) AS shard "

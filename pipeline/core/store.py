@@ -181,13 +181,14 @@ class Table:
             return json.load(f)
 
     def finished_shards(self) -> dict[str, ShardInfo]:
-        marker_dir = f"{self.root}/{MARKERS}"
-        if not self.fs.exists(marker_dir):
-            return {}
+        # One listing, then every marker in one `cat`: an object store (s3fs) fetches them
+        # concurrently, where an open per marker would cost a HEAD and a GET each, in turn. A
+        # missing folder lists as empty.
+        paths = self.fs.glob(f"{self.root}/{MARKERS}/*.json")
+        markers = self.fs.cat(paths) if paths else {}
         done = {}
-        for path in sorted(self.fs.glob(f"{marker_dir}/*.json")):
-            with self.fs.open(path, "rb") as f:
-                info = json.load(f)
+        for path in sorted(markers):
+            info = json.loads(markers[path])
             done[info["name"]] = ShardInfo(info["name"], info["rows"], info.get("stats", {}))
         return done
 
@@ -196,9 +197,11 @@ class Table:
         done = self.finished_shards()
         return [f"{self.root}/{name}.parquet" for name in sorted(done)]
 
-    def shard_uris(self) -> list[str]:
-        """Committed shard files as other tools (DuckDB, Ray Data) open them."""
-        return [self.dataset.uri(self.name, f"{name}.parquet") for name in sorted(self.finished_shards())]
+    def shard_uris(self, finished: dict[str, ShardInfo] | None = None) -> list[str]:
+        """Committed shard files as other tools (DuckDB, Ray Data) open them (of `finished`, when
+        the caller has just listed them)."""
+        finished = self.finished_shards() if finished is None else finished
+        return [self.dataset.uri(self.name, f"{name}.parquet") for name in sorted(finished)]
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         paths = self.shard_paths()
