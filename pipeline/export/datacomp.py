@@ -14,16 +14,16 @@ would be entered in the benchmark as a different recipe.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+import fsspec
 import numpy as np
 
 from pipeline.core import schema as S
 from pipeline.core.catalog import Catalog
 from pipeline.core.stage import ConfigError
-from pipeline.core.store import Dataset
+from pipeline.core.store import Dataset, atomic_write, drop_empty_tmp
 
 UID = "uid"  # DataComp's column name, kept in raw's `extra`
 UID_DTYPE = np.dtype("u8,u8")
@@ -84,23 +84,11 @@ def write_datacomp_uids(dataset: Dataset, out_path: str) -> DatacompUidReport:
         except ValueError as exc:
             raise ConfigError(f"sample_id {sid}: column {UID!r}: {exc}") from None
     arr = uid_array(uid for _, uid in rows)
-    if "://" in out_path:  # object storage: the object appears whole when the upload completes
-        import fsspec
-
-        with fsspec.open(out_path, "wb") as f:
-            np.save(f, arr)
-        return DatacompUidReport(path=out_path, curated_rows=len(rows), uids=len(arr), duplicate_uids=len(rows) - len(arr))
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    # np.save appends .npy to a name without it; write to a temporary name that has it, then rename.
-    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.{uuid.uuid4().hex}.npy")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return DatacompUidReport(path=os.path.abspath(out_path), curated_rows=len(rows), uids=len(arr), duplicate_uids=len(rows) - len(arr))
+    # Readers see no file or the whole array: a temporary file renamed into place (fsynced when
+    # local), or on object storage a temporary object moved over the target.
+    fs, path = fsspec.core.url_to_fs(out_path)
+    atomic_write(fs, path, lambda f: np.save(f, arr))  # a file object: np.save adds no .npy
+    remote = "://" in out_path
+    if not remote:
+        drop_empty_tmp(os.path.dirname(path))
+    return DatacompUidReport(path=out_path if remote else path, curated_rows=len(rows), uids=len(arr), duplicate_uids=len(rows) - len(arr))
