@@ -47,7 +47,10 @@ def _events(curve: Path) -> list[dict]:
 
 def test_sigkill_then_resume_continues_at_the_checkpoint_step(tmp_path, emoji_dir, few_emoji):
     items = few_emoji[:40]
-    image = lambda it: (emoji_dir / "img/google/64" / it.image).read_bytes()  # noqa: E731
+
+    def image(it) -> bytes:
+        return (emoji_dir / "img/google/64" / it.image).read_bytes()
+
     rows = {name: [] for name in S.TRAIN_SCHEMA.names}
     for i, it in enumerate(items):
         following = items[(i + 1) % len(items)]
