@@ -131,6 +131,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_agent_ports() -> list[str]:
+    """`ray start` flags that put a node's agents on free ports of their own: several nodes on
+    one machine (and any Ray another test started) would otherwise all want the defaults, and a
+    head whose job agent cannot bind never takes a job."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
 def wait_for_http(url: str, timeout: float) -> bool:
     """Poll `url` until it answers (any status) or `timeout` seconds pass."""
     import time

@@ -21,7 +21,7 @@ import s3fs
 
 from pipeline.core import schema as S
 from pipeline.core.store import Dataset
-from tests.conftest import free_port
+from tests.conftest import free_port, ray_agent_ports
 
 REPO = Path(__file__).resolve().parents[3]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -142,14 +142,6 @@ def _wait_nodes(env: dict[str, str], address: str, n: int, timeout: float = 300)
     raise AssertionError(f"the cluster did not reach {n} nodes")
 
 
-def _agent_ports() -> list[str]:
-    """Each node's agents on ports of their own: three nodes on one machine (and any Ray another
-    test started) would otherwise all want the defaults, and a head whose job agent cannot bind
-    never takes a job."""
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3):
     """Head (no CPU) + two worker nodes, in their own temp dir so no other test attaches, and
@@ -163,9 +155,9 @@ def cluster(tmp_path_factory, s3):
     dashboard = free_port()
     try:
         _start(["--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", *_agent_ports()], env)
+                f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", *ray_agent_ports()], env)
         for name in ("node_a", "node_b"):
-            _start([f"--address={address}", "--num-cpus=1", f"--resources={json.dumps({name: 1})}", *_agent_ports()], env)
+            _start([f"--address={address}", "--num-cpus=1", f"--resources={json.dumps({name: 1})}", *ray_agent_ports()], env)
         _wait_nodes(env, address, 3)
         yield {"address": address, "jobs": f"http://127.0.0.1:{dashboard}", "env": {**env, "RAY_ADDRESS": address},
                "kill_node": lambda name: _kill(_with_children(_pids(temp, name)))}

@@ -214,7 +214,7 @@ ATTACH_PROBE = textwrap.dedent(
 
 def test_a_runner_attaches_to_a_running_ray_head(tmp_path):
     from pipeline.core.runners import RAY_ADDRESS_FILE, running_local_head
-    from tests.conftest import free_port
+    from tests.conftest import free_port, ray_agent_ports
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # its own temp dir (short: Ray's socket paths must fit in 107 characters), so no other
@@ -229,8 +229,7 @@ def test_a_runner_attaches_to_a_running_ray_head(tmp_path):
             head = subprocess.Popen(
                 [ray_bin, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}", "--node-ip-address=127.0.0.1",
                  "--num-cpus=1", "--include-dashboard=false", f"--dashboard-port={free_port()}", "--disable-usage-stats",
-                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
+                 *ray_agent_ports()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             deadline = time.time() + 120
