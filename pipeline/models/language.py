@@ -10,13 +10,17 @@ things stand in the way, and both are handled here:
 So the files are copied once into foil's cache next to a generated `lexnames`, and that folder is
 added to NLTK's path.
 
-Nothing here is a module-level cache: a stage builds one `English` per worker and keeps it.
+Loading them takes seconds (spaCy's model, WordNet's index), and they are read-only once loaded,
+so a process loads them once: `English.shared()` keeps one instance per WordNet source, which
+every text-negatives stage in that process uses (a notebook, a test session or a long-lived
+worker that runs the stage again pays nothing the second time).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -98,8 +102,22 @@ def load_spacy():
         raise ConfigError(f"spaCy model {SPACY_MODEL} is not installed (it is pinned in requirements.lock)") from None
 
 
+_SHARED: dict[Path, English] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class English:
     """spaCy + WordNet + lemminflect, with the lookups the negative generators need."""
+
+    @classmethod
+    def shared(cls, wordnet_source: Path = WORDNET_SYSTEM_DIR) -> English:
+        """This process's instance for `wordnet_source`, loaded on first use. Sharing is safe:
+        lookups only read, and the memo caches give the same answer whoever filled them."""
+        with _SHARED_LOCK:
+            english = _SHARED.get(wordnet_source)
+            if english is None:
+                english = _SHARED[wordnet_source] = cls(wordnet_source)
+            return english
 
     def __init__(self, wordnet_source: Path = WORDNET_SYSTEM_DIR):
         from lemminflect import getInflection, getLemma

@@ -538,7 +538,7 @@ class TextNegativesStage(Stage):
         if self._generator is None:
             from pipeline.models.language import English
 
-            self._generator = Generator(English())
+            self._generator = Generator(English.shared())
             self.count("model_loads")
         out: dict[str, list[Any]] = {name: [] for name in S.NEG_TEXT_SCHEMA.names}
         ids = batch.column(S.SAMPLE_ID).to_pylist()

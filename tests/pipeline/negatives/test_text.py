@@ -33,7 +33,7 @@ ARTICLES = {"a", "an"}
 
 @pytest.fixture(scope="module")
 def gen() -> Generator:
-    return Generator(English())  # real spaCy model and Debian's WordNet
+    return Generator(English.shared())  # real spaCy model and Debian's WordNet, as the stage loads them
 
 
 def one(gen: Generator, caption: str, kind: str, sid: str = "s", seed: int = 0) -> tuple[dict | None, dict]:
@@ -368,3 +368,11 @@ def test_wordnet_words_must_parse_as_what_they_replace(gen):
     assert gen.check("a dog near a house", doc, cand)[0] is None
     cand = Candidate([(2, 5, "quickly")], "wordnet", old="dog", new="quickly", pos="n")
     assert gen.check("a dog near a house", doc, cand)[0] == "disfluent"
+
+
+def test_a_process_loads_english_once_per_wordnet_source(gen, tmp_path):
+    assert English.shared() is gen.en and English.shared() is English.shared()
+    with pytest.raises(ConfigError, match="wordnet-base"):  # a bad source is not remembered as loaded
+        English.shared(wordnet_source=tmp_path)
+    with pytest.raises(ConfigError, match="wordnet-base"):
+        English.shared(wordnet_source=tmp_path)
