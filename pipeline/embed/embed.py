@@ -34,6 +34,7 @@ class EmbedStage(Stage):
     input_columns = [S.SAMPLE_ID, S.CAPTION, S.STATUS, S.IMAGE]
     batch_rows = 256
     reuse_instance = True
+    uses_all_cores = True  # the model's forward runs on torch's intra-op threads
 
     def __init__(self, model: str = "foil-tiny-vit", pretrained: str | None = None, batch_size: int = 64):
         super().__init__()

@@ -67,6 +67,7 @@ class GeneratedImageNegativesStage(Stage):
     shard_columns = (S.IMAGE,)  # the positive's image, from its own raw shard (inpaint's source)
     batch_rows = 8
     reuse_instance = True
+    uses_all_cores = True  # diffusion: torch's intra-op threads on the CPU, or the one GPU
 
     def __init__(
         self,

@@ -3,6 +3,13 @@ CLIP-score rule of the curated view."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -44,6 +51,34 @@ def test_ray_actor_pool_loads_once_per_actor_and_agrees_with_local(tmp_path, emo
     assert a.keys() == b.keys()
     for sid in a:
         assert np.array_equal(a[sid][0], b[sid][0]) and abs(a[sid][2] - b[sid][2]) < 1e-6
+
+
+REPO = Path(__file__).resolve().parents[3]
+# A fresh process, no cluster anywhere: what a user's `foil embed` (runner: ray) finds.
+NO_CLUSTER_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from pipeline.core.runners import RayRunner
+    from pipeline.core.store import Dataset
+    from pipeline.stages import stage_class
+    runner = RayRunner(progress=False, in_process_max_rows=int(sys.argv[2]))
+    report = runner.run(stage_class(sys.argv[3]), {}, Dataset(sys.argv[1]), "raw", sys.argv[4])
+    print(json.dumps({"rows": report.stats["rows_in"], "in_process": runner.ran_in_process, "ray": ray.is_initialized()}))
+    """
+)
+
+
+def test_without_a_cluster_a_model_stage_runs_in_process_at_any_size(tmp_path, emoji_dir, few_emoji):
+    """Embedding uses every core in one process (torch's threads): past the row count that
+    would start an embedded Ray for other stages, it still runs here, and starts no Ray."""
+    ds = Dataset(tmp_path / "ds")
+    make_emoji_raw(ds, emoji_dir, few_emoji[:12], shards=2)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", NO_CLUSTER_PROBE, ds.root, "4", "embed", S.EMBEDDINGS],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"rows": 12, "in_process": True, "ray": False}
 
 
 def test_clip_score_threshold_in_the_curated_view(tmp_path, emoji_dir, few_emoji):
