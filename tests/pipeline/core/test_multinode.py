@@ -82,11 +82,19 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
-def _start(args: list[str], env: dict[str, str]) -> None:
-    # Not `--block`: under load one of the head's helper processes (the Ray client server) may
-    # time out and exit, and `--block` would then take the whole node down with it.
-    out = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+def _start(args: list[str], env: dict[str, str], leftovers: tuple[str, ...]) -> None:
+    """`ray start`, up to three times. Under load a node's raylet can miss its registration
+    window with the GCS and the start exits; what it left running (the processes whose command
+    line holds every one of `leftovers`) is killed before the next try.
+    Not `--block`: under load one of the head's helper processes (the Ray client server) may
+    time out and exit, and `--block` would then take the whole node down with it."""
+    for _ in range(3):
+        out = subprocess.run([RAY, "start", *args], env=env, capture_output=True, text=True, timeout=300)
+        if out.returncode == 0:
+            return
+        _kill(_with_children(_pids(*leftovers)))
+        time.sleep(2)
+    raise AssertionError(out.stderr[-2000:])
 
 
 def _pids(*needles: str) -> list[int]:
@@ -152,12 +160,13 @@ def cluster(tmp_path_factory, s3):
     address = f"127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(FAST_FAILURE)
+    env["RAY_raylet_start_wait_time_s"] = "120"  # a loaded machine registers a node slowly
     dashboard = free_port()
     try:
         _start(["--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", *ray_agent_ports()], env)
+                f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", *ray_agent_ports()], env, (temp,))
         for name in ("node_a", "node_b"):
-            _start([f"--address={address}", "--num-cpus=1", f"--resources={json.dumps({name: 1})}", *ray_agent_ports()], env)
+            _start([f"--address={address}", "--num-cpus=1", f"--resources={json.dumps({name: 1})}", *ray_agent_ports()], env, (temp, name))
         _wait_nodes(env, address, 3)
         yield {"address": address, "jobs": f"http://127.0.0.1:{dashboard}", "env": {**env, "RAY_ADDRESS": address},
                "kill_node": lambda name: _kill(_with_children(_pids(temp, name)))}
