@@ -1,6 +1,7 @@
 """Crawl stage: download, check and resize the images of a shard of (url, caption) rows.
 
-foil fetches with its own scheduler over a thread pool and resizes with img2dataset's `Resizer`.
+foil fetches with its own scheduler over a thread pool and resizes as img2dataset's `Resizer` does
+(pipeline/crawl/resize.py: the same bytes out, at half the cost).
 Requests go through foil's guarded opener (pipeline/crawl/fetch.py: http(s) only, no private
 addresses unless that exact address is allowed, byte, time and pixel caps), used directly and
 never installed process-wide. The scheduler is polite per host (scheme://host:port):
@@ -31,11 +32,8 @@ and `tdm-reservation: 1`) are counted by name in the stage's counts (`opt_out:no
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import io
-import os
 import re
 import threading
 import time
@@ -62,6 +60,7 @@ from pipeline.crawl.fetch import (
     url_problem,
     user_agent,
 )
+from pipeline.crawl.resize import ENCODE_FORMATS, MODES, Resizer
 
 # Row statuses. `failed_to_download` and `failed_to_resize` keep img2dataset's names.
 STATUSES = (
@@ -121,13 +120,6 @@ _ERROR_KINDS = [
 ]
 _HTTP_ERROR = re.compile(r"http error (\d{3})")
 
-# img2dataset's Resizer silences OpenCV by swapping file descriptors 1 and 2 (os.dup2) around
-# each call; two calls at once leave the process's stdout on /dev/null. One resize at a time in
-# the process, as in img2dataset (it resizes in its main thread); fetching stays parallel.
-_RESIZE_LOCK = threading.Lock()
-
-RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
-ENCODE_FORMATS = ("jpg", "png", "webp")
 
 
 class CrawlShardError(RuntimeError):
@@ -243,8 +235,8 @@ class CrawlStage(Stage):
         shard_deadline_s: float | None = None,
     ):
         super().__init__()
-        if resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"crawl.resize_mode: {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if resize_mode not in MODES:
+            raise ConfigError(f"crawl.resize_mode: {resize_mode!r} is not one of {', '.join(MODES)}")
         if encode_format not in ENCODE_FORMATS:
             raise ConfigError(f"crawl.encode_format: {encode_format!r} is not one of {', '.join(ENCODE_FORMATS)}")
         if not isinstance(image_size, int) or image_size <= 0:
@@ -360,38 +352,17 @@ class CrawlStage(Stage):
         yield pa.RecordBatch.from_pydict(out, schema=S.CRAWLED_RAW_SCHEMA)
 
 
-@functools.cache
-def _img2dataset_resizer() -> type:
-    """img2dataset's `Resizer`, loaded from its own file. `import img2dataset.resizer` runs the
-    package's __init__, which imports its whole downloader (Ray, webdataset and through it
-    torch: seconds and a gigabyte) for one class that needs only cv2 and albumentations."""
-    package = importlib.util.find_spec("img2dataset")  # locates the package without running it
-    path = os.path.join(list(package.submodule_search_locations)[0], "resizer.py")
-    spec = importlib.util.spec_from_file_location("foil_img2dataset_resizer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Resizer
-
-
 class _ShardCrawl:
     """One shard's fetches: a dispatcher (the calling thread) hands rows to a thread pool when
     their host has a free slot and its pace allows; workers report back under one condition."""
 
     def __init__(self, stage: CrawlStage, urls: list[str], rows: list[int]):
-        Resizer = _img2dataset_resizer()
-
         self.stage = stage
         self.limits = stage.per_host
         self.urls = urls
         self.rows = rows
         self.opener = guarded_opener(stage.policy)
-        self.resizer = Resizer(
-            image_size=stage.image_size,
-            resize_mode=stage.resize_mode,
-            resize_only_if_bigger=False,
-            encode_quality=stage.encode_quality,
-            encode_format=stage.encode_format,
-        )
+        self.resizer = Resizer(stage.image_size, stage.resize_mode, stage.encode_format, stage.encode_quality)
         self.hosts: dict[str, _Host] = {}
         for i in rows:
             parts = urlsplit(urls[i])
@@ -567,8 +538,7 @@ class _ShardCrawl:
         if problem:
             return _Result("too_many_pixels", f"foil:too_many_pixels {problem}")
         try:
-            with _RESIZE_LOCK:
-                img, width, height, original_width, original_height, error = self.resizer(stream, None)
+            img, width, height, original_width, original_height, error = self.resizer(body)
         except Exception as exc:  # noqa: BLE001
             img, error = None, f"{type(exc).__name__}: {exc}"
         if error is not None or img is None:
