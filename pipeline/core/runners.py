@@ -11,8 +11,8 @@ skip shards that already have a completion marker (resume) and retry failed ones
 is one (its `address`, `RAY_ADDRESS`, or a head started on this machine with `ray start
 --head`), so a user who starts Ray once pays its start-up once. Without one, work it can finish
 sooner than a new embedded cluster starts (at most `in_process_max_rows` input rows to do) runs
-in this process, and so does a stage that keeps every core busy in one process anyway
-(`Stage.uses_all_cores`: a model's forward); a stage with nothing left to do starts nothing at
+in this process, and so does a stage whose one process keeps every core of the machine busy
+anyway (`Stage.process_cores`: a model's forward anywhere, the crawl on two cores); a stage with nothing left to do starts nothing at
 all.
 
 This module is the only place in pipeline/ that imports Ray, and only inside `RayRunner`.
@@ -275,8 +275,8 @@ class LocalRunner(_Runner):
 class RayRunner(_Runner):
     """Runs shards as Ray tasks on a running cluster (`address`, `RAY_ADDRESS` or a local
     `ray start --head`); without one, small work (at most `in_process_max_rows` input rows) and
-    stages that use every core in one process (`uses_all_cores`, unless in_process_max_rows is
-    0) in this process, and anything else on a new embedded cluster."""
+    stages whose one process uses every core of this machine (`process_cores`, unless
+    in_process_max_rows is 0) in this process, and anything else on a new embedded cluster."""
 
     def __init__(
         self, address: str | None = None, num_cpus_per_shard: float = 1, retries: int = 2, progress: bool = True,
@@ -295,9 +295,9 @@ class RayRunner(_Runner):
         attach = self.address or cluster_address()
         stage = tasks[0].stage if tasks else None
         small = rows <= self.in_process_max_rows
-        # A model stage on this machine's cores alone (no cluster, no GPU per actor) gains nothing
-        # from an embedded cluster; in_process_max_rows=0 still asks for Ray whatever the stage.
-        threaded = stage is not None and stage.uses_all_cores and self.in_process_max_rows > 0
+        # A stage that fills this machine's cores from one process (no cluster, no GPU per actor)
+        # gains nothing from an embedded cluster; in_process_max_rows=0 still asks for Ray.
+        threaded = stage is not None and stage.process_cores >= (os.cpu_count() or 1) and self.in_process_max_rows > 0
         gpu_actors = bool(self.gpus_per_actor and stage is not None and stage.reuse_instance)
         self.ran_in_process = not ray_started() and attach is None and (small or threaded) and not gpu_actors
         if self.ran_in_process:

@@ -19,6 +19,9 @@ from typing import Any, ClassVar, Iterator
 import pyarrow as pa
 
 
+ALL_CORES = float("inf")  # Stage.process_cores of a stage whose one process uses every core
+
+
 class ConfigError(ValueError):
     """Bad user input at the edge (recipe, CLI flag): the message names the field."""
 
@@ -82,12 +85,12 @@ class Stage(_Counted):
     # Stages with costly set-up (a model) say so; runners then build one instance per worker and
     # reuse it for every shard (Ray: an actor pool) instead of building one per shard.
     reuse_instance: ClassVar[bool] = False
-    # Stages whose work already spreads over every core of one process (a torch model's forward,
-    # on intra-op threads) say so; on one machine with no cluster to attach to, the Ray runner
-    # then runs them in this process at any size. An embedded cluster would only split those
-    # cores between actors that each load the model, after its own start-up (foil embed of 8,000
-    # images on 2 cores: 21-25 s in process, 34-36 s on a new embedded Ray).
-    uses_all_cores: ClassVar[bool] = False
+    # How many cores one process of this stage keeps busy. On one machine with no cluster to
+    # attach to, the Ray runner runs a stage in this process at any size when that is every core
+    # of the machine: an embedded cluster would only split those cores between workers, after
+    # its own start-up. A torch model's forward (`ALL_CORES`) spreads over intra-op threads (foil
+    # embed of 8,000 images on 2 cores: 21-25 s in process, 34-36 s on a new embedded Ray).
+    process_cores: ClassVar[float] = 1
 
     def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError

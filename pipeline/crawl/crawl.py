@@ -212,6 +212,10 @@ class CrawlStage(Stage):
     output_schema = S.CRAWLED_RAW_SCHEMA
     input_columns = None  # all of `urls`: tables ingested before expected_sha256 / extra lack them
     batch_rows = None  # the whole shard at once keeps the thread pool busy
+    # Fetch threads wait on the network and OpenCV lets go of the GIL while it decodes, resizes
+    # and encodes: one process keeps two cores busy (20,000 loopback urls on 2 cores: 23 s in
+    # process, 27 s on a new embedded Ray; tests/benchmarks/commands.py --pairs crawl).
+    process_cores = 2
 
     def __init__(
         self,

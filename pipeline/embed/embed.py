@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core import schema as S
-from pipeline.core.stage import ConfigError, Stage, register
+from pipeline.core.stage import ALL_CORES, ConfigError, Stage, register
 
 
 def embedding_matrix(column: pa.ChunkedArray | pa.Array, normalise: bool = True) -> np.ndarray:
@@ -34,7 +34,7 @@ class EmbedStage(Stage):
     input_columns = [S.SAMPLE_ID, S.CAPTION, S.STATUS, S.IMAGE]
     batch_rows = 256
     reuse_instance = True
-    uses_all_cores = True  # the model's forward runs on torch's intra-op threads
+    process_cores = ALL_CORES  # the model's forward runs on torch's intra-op threads
 
     def __init__(self, model: str = "foil-tiny-vit", pretrained: str | None = None, batch_size: int = 64):
         super().__init__()

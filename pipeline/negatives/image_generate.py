@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core import schema as S
-from pipeline.core.stage import ConfigError, Stage, register
+from pipeline.core.stage import ALL_CORES, ConfigError, Stage, register
 from pipeline.negatives.image import (
     DEFAULT_KINDS, GENERATED_METHODS, INPAINT, P2P, CheckLimits, EmbedScorer, Evidence,
     changed_area, check_kinds, check_margin, run_checks,
@@ -67,7 +67,7 @@ class GeneratedImageNegativesStage(Stage):
     shard_columns = (S.IMAGE,)  # the positive's image, from its own raw shard (inpaint's source)
     batch_rows = 8
     reuse_instance = True
-    uses_all_cores = True  # diffusion: torch's intra-op threads on the CPU, or the one GPU
+    process_cores = ALL_CORES  # diffusion: torch's intra-op threads on the CPU, or the one GPU
 
     def __init__(
         self,

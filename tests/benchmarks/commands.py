@@ -116,12 +116,12 @@ def crawl_pair(n: int, work: Path, server, items):
     count = iter(range(10**6))
 
     def foil() -> list[str]:
-        return foil_cmd("crawl", "--dataset", str(work / f"foil-crawl-{next(count)}"), "--urls", str(urls),
+        return foil_cmd("crawl", "--dataset", str(work / f"foil-crawl-{n}-{next(count)}"), "--urls", str(urls),
                         "--recipe", str(recipe), "--allow-address", server.address)
 
     def peer() -> list[str]:
         return [str(VENV_BIN / "img2dataset"), f"--url_list={urls}", "--input_format=parquet", "--url_col=url",
-                "--caption_col=caption", "--output_format=parquet", f"--output_folder={work / f'i2d-{next(count)}'}",
+                "--caption_col=caption", "--output_format=parquet", f"--output_folder={work / f'i2d-{n}-{next(count)}'}",
                 f"--processes_count={PROCESSES}", f"--thread_count={THREADS}", f"--number_sample_per_shard={shard_rows}",
                 "--timeout=10", "--extract_exif=False", "--compute_hash=sha256", "--distributor=multiprocessing",
                 f"--image_size={RESIZE['image_size']}", f"--resize_mode={RESIZE['resize_mode']}",
@@ -165,12 +165,12 @@ def train_pair(steps: int, work: Path, sample: Path, items):
     count = iter(range(10**6))
 
     def foil() -> list[str]:
-        return foil_cmd("train", "--dataset", str(data), "--config", str(recipe), "--out", str(work / f"ckpt-{next(count)}"), "--workers", "1")
+        return foil_cmd("train", "--dataset", str(data), "--config", str(recipe), "--out", str(work / f"ckpt-{steps}-{next(count)}"), "--workers", "1")
 
     def peer() -> list[str]:
         return [sys.executable, "-c", OPEN_CLIP_TRAIN, "--dataset-type", "synthetic", "--train-num-samples", str(steps * BATCH),
                 "--batch-size", str(BATCH), "--epochs", "1", "--workers", "1", "--model", MODEL, "--lr", "5e-4", "--warmup", "2",
-                "--precision", "fp32", "--log-every-n-steps", "10", "--save-frequency", "1", "--logs", str(work / f"oc-{next(count)}"),
+                "--precision", "fp32", "--log-every-n-steps", "10", "--save-frequency", "1", "--logs", str(work / f"oc-{steps}-{next(count)}"),
                 "--name", "bench", "--report-to", "", "--seed", "0"]
 
     return foil, peer
@@ -200,14 +200,14 @@ def embed_pair(n: int, work: Path, sample: Path, items):
     count = iter(range(10**6))
 
     def foil() -> list[str]:
-        copy = work / f"embed-ds-{next(count)}"
+        copy = work / f"embed-ds-{n}-{next(count)}"
         shutil.copytree(raw, copy)
         return foil_cmd("embed", "--dataset", str(copy), "--recipe", str(recipe))
 
     def peer() -> list[str]:
         last = len(list(tars.glob("*.tar"))) - 1
         return [sys.executable, "-c", CLIP_INFERENCE, f"--input_dataset={tars}/{{00000..{last:05d}}}.tar",
-                f"--output_folder={work / f'cr-{next(count)}'}", "--input_format=webdataset", "--wds_image_key=png",
+                f"--output_folder={work / f'cr-{n}-{next(count)}'}", "--input_format=webdataset", "--wds_image_key=png",
                 "--wds_caption_key=txt", f"--clip_model=open_clip:{MODEL}/{ckpt}", "--use_jit=False", "--batch_size=256",
                 "--num_prepro_workers=2", "--enable_text=True", "--enable_image=True", "--enable_metadata=False",
                 "--write_batch_size=1000000", "--distribution_strategy=sequential", "--output_partition_count=1"]
