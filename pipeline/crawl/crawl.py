@@ -213,8 +213,8 @@ class CrawlStage(Stage):
     input_columns = None  # all of `urls`: tables ingested before expected_sha256 / extra lack them
     batch_rows = None  # the whole shard at once keeps the thread pool busy
     # Fetch threads wait on the network and OpenCV lets go of the GIL while it decodes, resizes
-    # and encodes: one process keeps two cores busy (20,000 loopback urls on 2 cores: 23 s in
-    # process, 27 s on a new embedded Ray; tests/benchmarks/commands.py --pairs crawl).
+    # and encodes: one process keeps two cores busy (6,000 loopback urls on 2 cores: 520 images/s
+    # in process, 466 on a Ray it starts; tests/benchmarks/crawl.py --urls 6000).
     process_cores = 2
 
     def __init__(

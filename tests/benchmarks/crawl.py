@@ -5,7 +5,8 @@ query strings) from one local HTTP server, with the same parallelism (2 processe
 foil: 2 Ray tasks at a time, each with 32 threads), the same resize and encoding. foil's time
 counts `ray.init` (a user's first command pays it; img2dataset's pool start-up is in its time),
 and the figure without it is printed too; a third arm runs foil as `foil crawl` does, letting
-the runner choose (in-process up to 5,000 urls, else Ray, whose start it then counts). Runs alternate (foil, img2dataset, foil, ...) so both
+the runner choose (in-process up to 5,000 urls or on a machine of at most two cores, else Ray,
+whose start it then counts). Runs alternate (foil, img2dataset, foil, ...) so both
 see the same machine load; medians and min-max over `--repeats`.
 
 Part 2, politeness that costs nothing when it is not the bottleneck: the same urls spread over 8
@@ -129,7 +130,7 @@ def main() -> None:
                 ray_inits.append(init)
                 s, ok = run_img2dataset(urls, work / f"img2dataset-{r}", args.urls)
                 i2d_rates.append(ok / s)
-                # As `foil crawl` runs: the runner decides (in-process up to 5,000 urls, else Ray, started and counted).
+                # As `foil crawl` runs: the runner decides (in process up to 5,000 urls or on <= 2 cores, else Ray, started and counted).
                 if ray.is_initialized():
                     ray.shutdown()
                 s, ok, _ = run_foil(urls, work / f"foil-default-{r}", args.urls, [server.address], start_ray=False)
@@ -158,7 +159,7 @@ def main() -> None:
     print(f"img2dataset (multiprocessing):  {_spread(i2d_rates)} images/s")
     print(f"foil, counting ray.init:         {_spread(foil_rates)} images/s  (ray.init {_spread(ray_inits)} s)")
     print(f"foil, Ray already up:            {_spread(foil_warm_rates)} images/s")
-    print(f"foil as `foil crawl` runs it:    {_spread(default_rates)} images/s  (in-process up to 5,000 urls; Ray start-up counted above)")
+    print(f"foil as `foil crawl` runs it:    {_spread(default_rates)} images/s  (in-process up to 5,000 urls or on <= 2 cores, else Ray, its start counted)")
     print(f"ratio foil/img2dataset (medians): {statistics.median(foil_rates) / statistics.median(i2d_rates):.2f} counting ray.init, "
           f"{statistics.median(foil_warm_rates) / statistics.median(i2d_rates):.2f} with Ray up (target >= 1.0 counting ray.init), "
           f"{statistics.median(default_rates) / statistics.median(i2d_rates):.2f} as `foil crawl` runs")
