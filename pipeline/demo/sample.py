@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -110,6 +111,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-response (a crawler's timeout, a finished process) is normal
+        # for this server; anything else is printed as socketserver prints it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class ImageServer:
     """Serve a folder over HTTP on a loopback address from a background thread. Use as a context manager."""
 
@@ -120,10 +132,9 @@ class ImageServer:
         self.root = Path(root)
         factory = functools.partial(handler or _QuietHandler, directory=str(self.root))
         try:
-            self._httpd = http.server.ThreadingHTTPServer((host, port), factory)
+            self._httpd = _Server((host, port), factory)
         except OSError:
-            self._httpd = http.server.ThreadingHTTPServer((host, 0), factory)
-        self._httpd.daemon_threads = True
+            self._httpd = _Server((host, 0), factory)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="foil-image-server", daemon=True)
 
     @property
