@@ -12,8 +12,8 @@ is one (its `address`, `RAY_ADDRESS`, or a head started on this machine with `ra
 --head`), so a user who starts Ray once pays its start-up once. Without one, work it can finish
 sooner than a new embedded cluster starts (at most `in_process_max_rows` input rows to do) runs
 in this process, and so does a stage whose one process keeps every core of the machine busy
-anyway (`Stage.process_cores`: a model's forward anywhere, the crawl on two cores); a stage with nothing left to do starts nothing at
-all.
+anyway (`Stage.process_cores`: a model's forward anywhere, the crawl on two cores); a stage with
+nothing left to do starts nothing at all.
 
 This module is the only place in pipeline/ that imports Ray, and only inside `RayRunner`.
 """

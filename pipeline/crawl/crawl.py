@@ -121,7 +121,6 @@ _ERROR_KINDS = [
 _HTTP_ERROR = re.compile(r"http error (\d{3})")
 
 
-
 class CrawlShardError(RuntimeError):
     """The shard could not be crawled at all; the runner retries it."""
 

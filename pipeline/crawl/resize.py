@@ -7,7 +7,7 @@ transforms anew for every image (their parameters are validated each time) is ha
 per image. `Resizer` here does the same OpenCV calls with the same arithmetic: the same sizes
 (rounded as albumentations rounds), the same interpolation (area down, Lanczos up), the same
 centred white border and centred crop, the same encoder settings.
-`tests/test_crawl_resize.py` holds it to identical bytes against img2dataset's own class.
+`tests/pipeline/crawl/test_resize.py` holds it to identical bytes against img2dataset's own class.
 
 It handles what the web serves (8-bit grey, colour or colour with alpha); anything else (16-bit,
 two channels) and any failure of its own goes to img2dataset's class, which then decides.
@@ -16,13 +16,15 @@ file descriptors 1 and 2 point at /dev/null while it decodes, one decode at a ti
 (the swap is process-wide), while resizing and encoding run in parallel.
 
 OpenCV loads when a `Resizer` is made, not when this module is imported (recipe validation
-imports the crawl stage and needs only the names above).
+imports the crawl stage and needs only the names above); img2dataset's class, and with it
+albumentations (0.8 s to import), only when an image first needs it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import io
 import os
 import threading
 from typing import Any
@@ -82,11 +84,9 @@ class Resizer:
         self.image_size = image_size
         self.resize_mode = resize_mode
         self.extension = f".{encode_format}"
+        self.encode_format = encode_format
+        self.encode_quality = encode_quality
         self.encode_params = [int(flags[encode_format]), int(encode_quality)]
-        self.reference = img2dataset_resizer_class()(
-            image_size=image_size, resize_mode=resize_mode, resize_only_if_bigger=False,
-            encode_quality=encode_quality, encode_format=encode_format,
-        )
         cv2.setNumThreads(1)  # as img2dataset sets it: threads of the crawl run resizes side by side
 
     def __call__(self, body: bytes) -> Result:
@@ -104,9 +104,15 @@ class Resizer:
         except Exception:  # noqa: BLE001  (img2dataset's class has the last word on odd images)
             return self._reference(body)
 
-    def _reference(self, body: bytes) -> Result:
-        import io
+    @functools.cached_property
+    def reference(self) -> Any:
+        """img2dataset's `Resizer` with the same settings, made the first time an image needs it."""
+        return img2dataset_resizer_class()(
+            image_size=self.image_size, resize_mode=self.resize_mode, resize_only_if_bigger=False,
+            encode_quality=self.encode_quality, encode_format=self.encode_format,
+        )
 
+    def _reference(self, body: bytes) -> Result:
         with _DECODE_LOCK:  # it swaps file descriptors itself
             return self.reference(io.BytesIO(body), None)
 
