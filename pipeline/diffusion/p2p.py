@@ -75,7 +75,18 @@ class Prompt2PromptProcessor:
         self.layer = 0
         self.step = 0
         self.calls = 0
+        self._mappings: dict[tuple[int, str], tuple[Any, Any]] = {}
         self.trace: list[list[int]] | None = [] if trace else None
+
+    def _mapping(self, heads: int, device: Any) -> tuple[Any, Any]:
+        """The mapper per row of the [pairs*heads] axis: source positions to gather (clamped) and
+        where a target token has a source partner. Made once per head count and device, not once
+        per layer call."""
+        key = (heads, str(device))
+        if key not in self._mappings:
+            mapper = self.mapper.to(device).repeat_interleave(heads, dim=0)[:, None, :]  # [p, 1, keys]
+            self._mappings[key] = (mapper.clamp(min=0), mapper >= 0)
+        return self._mappings[key]
 
     def _advance(self, attn: Any) -> int:
         step = self.step
@@ -131,9 +142,9 @@ class Prompt2PromptProcessor:
             pieces.append(torch.bmm(probs_src, value[src]))
             if is_cross:
                 probs_tgt = attn.get_attention_scores(query[tgt], key[tgt], None if mask is None else mask[tgt])
-                mapper = self.mapper.to(query.device).repeat_interleave(heads, dim=0)  # [p, keys]
-                taken = probs_src.gather(2, mapper.clamp(min=0)[:, None, :].expand(-1, tokens, -1))
-                probs_tgt = torch.where((mapper >= 0)[:, None, :], taken, probs_tgt)
+                index, shared = self._mapping(heads, query.device)  # [p, 1, keys] each
+                taken = probs_src.gather(2, index.expand(-1, tokens, -1))
+                probs_tgt = torch.where(shared, taken, probs_tgt)
             else:
                 probs_tgt = probs_src  # the edit lays out like the source: same self-attention maps
             pieces.append(torch.bmm(probs_tgt, value[tgt]))

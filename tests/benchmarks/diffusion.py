@@ -12,8 +12,9 @@ sides load that folder. Each run times, in a fresh process each:
 - inpaint, plain: `StableDiffusionInpaintPipeline(prompt, image, mask_image, generator)` per batch.
 
 Prints images/s per command (median and min-max over `--runs`, start-up included) and the ratio
-foil / plain of the medians. When `foil neg-image` can run p2p/inpaint on a dataset it is the
-command to time on the foil side; until then the entry above is foil's generation core.
+foil / plain of the medians. The foil side is the generation core of `foil neg-image`, not the
+stage: the stage also reads a dataset, scores every image with the embed model and writes
+tables, which the plain loop does not do.
 
     .venv/bin/python tests/benchmarks/diffusion.py [--pairs 16 --batch 4 --steps 4 --size 32 --runs 3]
 """
