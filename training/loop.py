@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from pipeline.models.factory import normalize
+from pipeline.models.factory import normalize, trim_text_for
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def train_loop(
         except StopIteration:
             break
         images = normalize(batch["image"].to(device, non_blocking=True))  # [B, 3, H, W]
-        texts = batch["text"].to(device)  # [B, ctx]
+        texts = trim_text_for(model, batch["text"]).to(device)  # [B, n <= ctx]: see ShortTextCLIP
         b = images.shape[0]
         with_images = cfg.use_negatives and cfg.use_negative_images
         if with_images:
@@ -100,7 +100,7 @@ def train_loop(
                 out["image_features"], out["negative_image_features"] = out["image_features"][:b], out["image_features"][b:]  # [B, D] each
                 out["has_negative_image"] = batch["has_negative_image"].to(device)
             if cfg.use_negatives:
-                out["negative_text_features"] = model.encode_text(batch["negative_text"].to(device), normalize=True)
+                out["negative_text_features"] = model.encode_text(trim_text_for(model, batch["negative_text"]).to(device), normalize=True)
                 out["has_negative"] = batch["has_negative"].to(device)
             losses = loss_fn(**out)
         (losses["loss"] / cfg.grad_accum).backward()

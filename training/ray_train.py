@@ -55,8 +55,9 @@ DECODE_AHEAD = 4  # decoded batches kept ready per worker (Ray Data's iterator p
 DECODE_ONCE_BYTES = 512 * 2**20  # decoded training splits up to this size are decoded once, not every epoch
 
 
-def _endless_batches(shard: Any, batch_size: int, device: torch.device, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Decoded batches (see `BatchDecoder`) of this worker's split, epoch after epoch."""
+def _endless_batches(shard: Any, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Decoded batches (see `BatchDecoder`) of this worker's split, epoch after epoch, on the CPU:
+    the loop trims the captions' padding there, before it copies a batch to the device."""
     epoch = 0
     while True:
         produced = 0
@@ -65,7 +66,7 @@ def _endless_batches(shard: Any, batch_size: int, device: torch.device, seed: in
             local_shuffle_seed=seed + epoch, prefetch_batches=DECODE_AHEAD,
         ):
             produced += 1
-            yield {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+            yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
         if produced == 0:
             raise RuntimeError(f"this worker's data split has fewer than batch_size={batch_size} training rows")
         epoch += 1
@@ -200,7 +201,7 @@ def train_func(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model) if world > 1 else model
     core = model.module if hasattr(model, "module") else model
 
-    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, device, cfg.seed)
+    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.seed)
     loss_fn = build_loss(cfg.loss, rank=rank, world_size=world)
 
     # Where each worker runs (Ray node ids, by rank), recorded with the start of the attempt.
@@ -244,6 +245,8 @@ class _Forwarder(torch.nn.Module):
         self.wrapped = wrapped
         self.core = core
         self.logit_scale = core.logit_scale
+        self.accepts_short_text = getattr(core, "accepts_short_text", False)  # see ShortTextCLIP
+        self.pad_id = getattr(core, "pad_id", 0)
 
     def forward(self, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.wrapped(**kwargs)

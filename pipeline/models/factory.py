@@ -26,6 +26,8 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transformer import text_global_pool
+from torch.nn import functional as F
 
 from pipeline.core.cache import default_cache_dir
 from pipeline.models.architectures import CONFIG_DIR, REAL_TWO_TOWER, real_two_tower_config
@@ -118,6 +120,52 @@ def check_checkpoint(path: str | Path) -> None:
         raise ConfigError(f"{path}: not a checkpoint (no state dict of tensors in it)")
 
 
+class ShortTextCLIP(open_clip.CLIP):
+    """open_clip's CLIP, whose text tower also takes captions shorter than its context.
+
+    The tokenizer pads every caption to the context length (32 tokens for foil-tiny-vit, 77 for
+    OpenAI's models) and open_clip runs the transformer over all of it. Under the causal mask a
+    token sees only the tokens before it, so the pooled token (the end-of-text token, or the first)
+    never sees the padding that follows: columns that are padding in every caption of a batch can
+    be dropped without changing a feature (to float rounding). Emoji captions of 4-12 tokens cut
+    foil-tiny-vit's training step on CPU by about a fifth. The parameters and the checkpoint are
+    open_clip's, unchanged."""
+
+    accepts_short_text = True
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        if text.device.type == "cpu":  # on an accelerator, finding the length would wait on it: callers trim before the copy
+            text = trim_padding(text, self.pad_id)
+        n = text.shape[1]  # [B, n] token ids, n <= the context length
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(text).to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)  # [B, n, width]
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
+        x = text_global_pool(x, text, self.text_pool_type)  # [B, width]
+        if self.text_projection is not None:
+            x = self.text_projection(x) if isinstance(self.text_projection, torch.nn.Linear) else x @ self.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """[B, ctx] token ids -> [B, n]: without the trailing columns that are padding in every row."""
+    used = (tokens != pad_id).any(dim=0).nonzero()  # [k, 1] columns with a real token in some row
+    return tokens[:, : int(used[-1]) + 1] if len(used) else tokens[:, :1]
+
+
+def trim_text_for(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`tokens` trimmed of shared padding if `model` takes short captions (ShortTextCLIP), else as is."""
+    return trim_padding(tokens, model.pad_id) if getattr(model, "accepts_short_text", False) else tokens
+
+
+def _with_short_text(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    # Only where dropping padding provably changes nothing: a causal text tower pooled at the
+    # end-of-text or first token. Open-ended pooling ("last"), no mask or a Hugging Face tower keep open_clip's class.
+    if type(model) is open_clip.CLIP and model.attn_mask is not None and model.text_pool_type in ("argmax", "first"):
+        model.pad_id = int(model_config(name).get("text_cfg", {}).get("pad_id", 0))  # open_clip's CLIP does not keep it
+        model.__class__ = ShortTextCLIP
+    return model
+
+
 def create_model(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> open_clip.CLIP:
     """An open_clip model that returns a dict (the loss's argument names), weights from a local
     path or a URI of the dataset's storage (`local_weights`) if given. Never downloads from the
@@ -129,7 +177,7 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
         model = open_clip.create_model(name, device=device, output_dict=True)
         if name == REAL_TWO_TOWER:  # start the image tower from ImageNet weights
             load_efficientnet_lite0_weights(model.visual.trunk)
-        return model
+        return _with_short_text(model, name)
     pretrained = local_weights(pretrained)
     if not Path(pretrained).is_file():
         raise FileNotFoundError(f"pretrained weights {pretrained!r} not found (foil never downloads weights)")
@@ -148,7 +196,7 @@ def create_model(name: str, pretrained: str | None = None, device: str | torch.d
             f"{pretrained}: not a checkpoint of {name} ({len(incompatible.missing_keys)} of its tensors missing, "
             f"{len(incompatible.unexpected_keys)} unknown ones, e.g. {(incompatible.missing_keys + incompatible.unexpected_keys)[0]!r})"
         )
-    return model
+    return _with_short_text(model, name)
 
 
 def load_encoder(name: str, pretrained: str | None = None) -> tuple[open_clip.CLIP, Callable[[list[str]], torch.Tensor], int]:
@@ -210,5 +258,8 @@ def encode_images(model: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
 def encode_texts(model: torch.nn.Module, tokenize: Callable[[list[str]], torch.Tensor], texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Captions -> [N, D] L2-normalised float32 features, batch by batch."""
     device = next(model.parameters()).device
-    parts = [model.encode_text(tokenize(texts[i : i + batch_size]).to(device), normalize=True).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
+    parts = [
+        model.encode_text(trim_text_for(model, tokenize(texts[i : i + batch_size])).to(device), normalize=True).float().cpu().numpy()
+        for i in range(0, len(texts), batch_size)
+    ]
     return np.concatenate(parts)
