@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.core.stage import ConfigError
-from pipeline.diffusion.attention import finish, project
+from pipeline.diffusion.attention import attention_probs, finish, project
 from pipeline.diffusion.loading import LoadedPipeline, fast_tokenizer
 
 MIDDLE_TIMESTEP = 0.5  # fraction of the training schedule: noisy enough to read the layout, not lost
@@ -70,13 +70,11 @@ class CrossAttentionRecorder:
         self.maps: list[Any] = []
 
     def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None, attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> Any:
-        import torch
-
         p = project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        probs = attn.get_attention_scores(p.query, p.key, p.mask)  # [batch*heads, tokens, keys]
+        probs = attention_probs(attn, p.query, p.key, p.mask)  # [batch, heads, tokens, keys]
         if p.is_cross:
-            self.maps.append(probs[:, :, self.token_positions].sum(-1).float())  # [heads, tokens] (batch 1)
-        return finish(attn, torch.bmm(probs, p.value), p)
+            self.maps.append(probs[0, :, :, self.token_positions].sum(-1).float())  # [heads, tokens] (batch 1)
+        return finish(attn, probs @ p.value, p)
 
 
 def cross_attention_maps(

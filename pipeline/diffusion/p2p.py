@@ -23,7 +23,7 @@ import difflib
 from typing import Any, Sequence
 
 from pipeline.core.stage import ConfigError
-from pipeline.diffusion.attention import finish, project
+from pipeline.diffusion.attention import attend, attention_probs, finish, project
 from pipeline.diffusion.loading import LoadedPipeline
 
 P2P_KINDS = ("txt2img", "sdxl")
@@ -75,16 +75,16 @@ class Prompt2PromptProcessor:
         self.layer = 0
         self.step = 0
         self.calls = 0
-        self._mappings: dict[tuple[int, str], tuple[Any, Any]] = {}
+        self._mappings: dict[str, tuple[Any, Any]] = {}
         self.trace: list[list[int]] | None = [] if trace else None
 
-    def _mapping(self, heads: int, device: Any) -> tuple[Any, Any]:
-        """The mapper per row of the [pairs*heads] axis: source positions to gather (clamped) and
-        where a target token has a source partner. Made once per head count and device, not once
-        per layer call."""
-        key = (heads, str(device))
+    def _mapping(self, device: Any) -> tuple[Any, Any]:
+        """The mapper as [pairs, 1, 1, keys] (over heads and query tokens): source positions to
+        gather (clamped) and where a target token has a source partner. Made once per device,
+        not once per layer call."""
+        key = str(device)
         if key not in self._mappings:
-            mapper = self.mapper.to(device).repeat_interleave(heads, dim=0)[:, None, :]  # [p, 1, keys]
+            mapper = self.mapper.to(device)[:, None, None, :]
             self._mappings[key] = (mapper.clamp(min=0), mapper >= 0)
         return self._mappings[key]
 
@@ -103,54 +103,40 @@ class Prompt2PromptProcessor:
 
     def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None, attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> Any:
         import torch
-        import torch.nn.functional as F
 
         step = self._advance(attn)
-        projected = project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        query, key, value, attention_mask = projected.query, projected.key, projected.value, projected.mask
-        is_cross, batch, tokens = projected.is_cross, projected.batch, projected.tokens
-        heads = attn.heads
-
-        if is_cross:
+        p = project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        query, key, value, mask = p.query, p.key, p.value, p.mask  # [batch, heads, tokens or keys, head_dim]
+        if p.is_cross:
             edit = step < self.cross_replace_steps
         else:
-            edit = step < self.self_replace_steps and tokens <= self.self_replace_max_tokens
-        if edit and batch % (2 * self.pairs) != 0:
-            raise RuntimeError(f"prompt-to-prompt: batch {batch} is not a multiple of 2 x {self.pairs} pairs")
+            edit = step < self.self_replace_steps and p.tokens <= self.self_replace_max_tokens
+        if not edit:  # what diffusers' default processor computes, with the same kernel
+            return finish(attn, attend(attn, query, key, value, mask), p)
+        if p.batch % (2 * self.pairs) != 0:
+            raise RuntimeError(f"prompt-to-prompt: batch {p.batch} is not a multiple of 2 x {self.pairs} pairs")
 
-        def sdpa(q: Any, k: Any, v: Any, mask: Any) -> Any:
-            # Same kernel as diffusers' default processor, so unedited images match a plain call.
-            n = q.shape[0] // heads
-            q4, k4, v4 = (t.reshape(n, heads, t.shape[1], t.shape[2]) for t in (q, k, v))
-            m4 = None if mask is None else mask.reshape(n, heads, mask.shape[1], mask.shape[2])
-            out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=m4, scale=attn.scale)
-            return out.reshape(n * heads, out.shape[2], out.shape[3])
-
-        if not edit:
-            out = sdpa(query, key, value, attention_mask)
+        # The conditional half is the last 2*pairs images (sources, then edits); an unguided
+        # batch is all conditional. The unconditional half is computed as usual.
+        cond = p.batch - 2 * self.pairs
+        src, tgt = slice(cond, cond + self.pairs), slice(cond + self.pairs, cond + 2 * self.pairs)
+        rows = lambda part: None if mask is None else mask[part]  # noqa: E731
+        pieces = [attend(attn, query[:cond], key[:cond], value[:cond], rows(slice(0, cond)))] if cond else []
+        if p.is_cross:
+            # Tokens the captions share take the source's map; tokens only the edit has keep its own.
+            probs_src = attention_probs(attn, query[src], key[src], rows(src))  # [pairs, heads, tokens, keys]
+            probs_tgt = attention_probs(attn, query[tgt], key[tgt], rows(tgt))
+            index, shared = self._mapping(query.device)  # [pairs, 1, 1, keys] each
+            taken = probs_src.gather(-1, index.expand(-1, probs_src.shape[1], probs_src.shape[2], -1))
+            pieces += [probs_src @ value[src], torch.where(shared, taken, probs_tgt) @ value[tgt]]
         else:
-            # Rows of the [batch*heads] axis: the conditional half is the last 2*pairs images
-            # (sources then edits); an unguided batch is all conditional.
-            p = self.pairs * heads
-            cond = (batch - 2 * self.pairs) * heads
-            src, tgt = slice(cond, cond + p), slice(cond + p, cond + 2 * p)
-            mask = None if attention_mask is None else attention_mask
-            pieces = []
-            if cond:
-                pieces.append(sdpa(query[:cond], key[:cond], value[:cond], None if mask is None else mask[:cond]))
-            probs_src = attn.get_attention_scores(query[src], key[src], None if mask is None else mask[src])  # [p, tokens, keys]
-            pieces.append(torch.bmm(probs_src, value[src]))
-            if is_cross:
-                probs_tgt = attn.get_attention_scores(query[tgt], key[tgt], None if mask is None else mask[tgt])
-                index, shared = self._mapping(heads, query.device)  # [p, 1, keys] each
-                taken = probs_src.gather(2, index.expand(-1, tokens, -1))
-                probs_tgt = torch.where(shared, taken, probs_tgt)
-            else:
-                probs_tgt = probs_src  # the edit lays out like the source: same self-attention maps
-            pieces.append(torch.bmm(probs_tgt, value[tgt]))
-            out = torch.cat(pieces, dim=0)
-
-        return finish(attn, out, projected)
+            # The edit lays out like the source: it attends with the source's self-attention maps.
+            # One SDPA call over [source values | edit values] gives both outputs without
+            # materialising the maps, and the edit's own query-key product is skipped.
+            dim = value.shape[-1]
+            both = attend(attn, query[src], key[src], torch.cat([value[src], value[tgt]], dim=-1), rows(src))  # [pairs, heads, tokens, 2*dim]
+            pieces += [both[..., :dim], both[..., dim:]]
+        return finish(attn, torch.cat(pieces), p)
 
 
 def initial_latents(loaded: LoadedPipeline, seeds: Sequence[int], height: int, width: int) -> Any:
