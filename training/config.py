@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from training.loop import LoopConfig
 
 LOSS_NAMES = ("clip", "siglip")
+BATCHING = ("random", "families")  # training/batching.py
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class TrainConfig:
     grad_accum: int = 1
     use_negatives: bool = True
     use_negative_images: bool = True  # when the data has negative images (fit() checks), TripletCLIP's pairs
+    batching: str = "random"  # random | families: a minimal pair's rows in one batch (training/batching.py)
     checkpoint_every: int = 25
     log_every: int = 5
     seed: int = 0
@@ -62,6 +64,8 @@ class TrainConfig:
             model_cfg = architecture_config(cfg.model)
         except KeyError as exc:
             raise ConfigError(f"{where}.model: {exc.args[0]}") from None
+        if cfg.batching not in BATCHING:
+            raise ConfigError(f"{where}.batching: {cfg.batching!r} is not one of {', '.join(BATCHING)}")
         if cfg.loss not in LOSS_NAMES:
             raise ConfigError(f"{where}.loss: {cfg.loss!r} is not one of {', '.join(LOSS_NAMES)}")
         if cfg.loss == "siglip" and model_cfg.get("init_logit_bias") is None:

@@ -37,6 +37,7 @@ from pipeline.models import factory as M
 from training.config import TrainConfig
 from training.data import BatchDecoder
 from training.loop import cosine_with_warmup, make_optimizer, train_loop
+from training.batching import epoch_batches, families
 from training.losses import build_loss
 from training.ray_train import (
     CHECKPOINT_MODEL, CHECKPOINT_PREFIX, CHECKPOINT_STATE, DECODE_AHEAD, DECODE_ONCE_BYTES, CurveWriter, TrainResult,
@@ -47,23 +48,27 @@ from training.ray_train import (
 KEEP_CHECKPOINTS = 2  # as the Ray path's CheckpointConfig(num_to_keep=2)
 
 
-def _epochs(files: list[str], columns: list[str], model: str, batch_size: int, seed: int, in_memory: bool) -> Iterator[dict[str, np.ndarray]]:
-    """Decoded batches of `batch_size` rows (the last partial batch of an epoch dropped), epoch after epoch."""
+def _epochs(files: list[str], columns: list[str], model: str, batch_size: int, seed: int, in_memory: bool,
+            batching: str = "random") -> Iterator[dict[str, np.ndarray]]:
+    """Decoded batches of `batch_size` rows (the last partial batch of an epoch dropped), epoch
+    after epoch, grouped as `batching` says (training/batching.py; a streamed split groups
+    families within each shard)."""
     decoder = BatchDecoder(model)
-    decoded = None
+    decoded = groups = None
     if in_memory:
         parts = [decoder(t.to_pydict()) for t in (train_split(u, columns) for u in files) if t.num_rows]
         decoded = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+        if decoded and batching == "families":
+            groups = families(decoded["text"], decoded["negative_text"], decoded["has_negative"])
     epoch = 0
     while True:
         rng = np.random.default_rng(seed + epoch)
         produced = 0
         sources = [decoded] if decoded is not None else (decoder(train_split(files[i], columns).to_pydict()) for i in rng.permutation(len(files)))
         for arrays in sources:
-            n = len(arrays["text"]) if arrays else 0
-            order = rng.permutation(n)
-            for start in range(0, n - batch_size + 1, batch_size):
-                pick = order[start : start + batch_size]
+            if not arrays:
+                continue
+            for pick in epoch_batches(arrays, batch_size, rng, batching, groups if arrays is decoded else None):
                 produced += 1
                 yield {k: v[pick] for k, v in arrays.items()}
         if produced == 0:
@@ -147,7 +152,7 @@ def fit_local(dataset_root: str, cfg: TrainConfig, out_dir: str, use_gpu: bool =
         start_step = restore_checkpoint(lambda name: fs.open(f"{resume}/{name}", "rb"), model, optimizer, scheduler, device)
 
     in_memory = decoded_bytes(shard_rows(files), cfg.model) <= DECODE_ONCE_BYTES
-    batches = _prefetched(_epochs(files, columns, cfg.model, cfg.batch_size, cfg.seed, in_memory), DECODE_AHEAD)
+    batches = _prefetched(_epochs(files, columns, cfg.model, cfg.batch_size, cfg.seed, in_memory, cfg.batching), DECODE_AHEAD)
     curve = CurveWriter(curve_path)
     curve.append({"event": "start", "step": start_step, "world_size": 1, "nodes": ["local"]})
     print(f"[foil train] {'resuming at' if start_step else 'starting at'} step {start_step} of {cfg.steps} (in this process)", flush=True)

@@ -43,6 +43,7 @@ from pipeline.core.runners import IN_PROCESS_MAX_ROWS
 from pipeline.core.stage import ConfigError
 from pipeline.core.store import Dataset, atomic_write_bytes
 from pipeline.models import factory as M
+from training.batching import epoch_batches
 from training.data import BatchDecoder
 from training.loop import cosine_with_warmup, make_optimizer, train_loop
 from training.config import TrainConfig
@@ -52,21 +53,28 @@ CHECKPOINT_MODEL = "open_clip_model.pt"
 CHECKPOINT_STATE = "train_state.pt"
 CHECKPOINT_PREFIX = "checkpoint_step_"  # a checkpoint's folder: CHECKPOINT_PREFIX + the step, 7 digits
 DECODE_AHEAD = 4  # decoded batches kept ready per worker (Ray Data's iterator prefetch)
+FAMILY_WINDOW = 16  # batches per window within which `families` batching groups rows on a Ray worker
 DECODE_ONCE_BYTES = 512 * 2**20  # decoded training splits up to this size are decoded once, not every epoch
 
 
-def _endless_batches(shard: Any, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+def _endless_batches(shard: Any, batch_size: int, seed: int, batching: str = "random") -> Iterator[dict[str, torch.Tensor]]:
     """Decoded batches (see `BatchDecoder`) of this worker's split, epoch after epoch, on the CPU:
-    the loop trims the captions' padding there, before it copies a batch to the device."""
+    the loop trims the captions' padding there, before it copies a batch to the device. With
+    `families` batching, Ray Data hands over windows of `FAMILY_WINDOW` batches and the
+    families are grouped within each window (training/batching.py)."""
+    window = batch_size * (FAMILY_WINDOW if batching == "families" else 1)
     epoch = 0
     while True:
         produced = 0
-        for batch in shard.iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=batch_size * 4,
+        rng = np.random.default_rng(seed + epoch)
+        for block in shard.iter_batches(
+            batch_size=window, batch_format="numpy", drop_last=batching == "random", local_shuffle_buffer_size=window * 4,
             local_shuffle_seed=seed + epoch, prefetch_batches=DECODE_AHEAD,
         ):
-            produced += 1
-            yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+            picks = [slice(None)] if batching == "random" else epoch_batches(block, batch_size, rng, batching)
+            for pick in picks:
+                produced += 1
+                yield {k: torch.from_numpy(np.ascontiguousarray(v[pick])) for k, v in block.items()}
         if produced == 0:
             raise RuntimeError(f"this worker's data split has fewer than batch_size={batch_size} training rows")
         epoch += 1
@@ -201,7 +209,7 @@ def train_func(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model) if world > 1 else model
     core = model.module if hasattr(model, "module") else model
 
-    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.seed)
+    batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.seed, cfg.batching)
     loss_fn = build_loss(cfg.loss, rank=rank, world_size=world)
 
     # Where each worker runs (Ray node ids, by rank), recorded with the start of the attempt.

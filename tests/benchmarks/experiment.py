@@ -48,12 +48,16 @@ MAX_R1_LOSS = 0.01  # ... with retrieval R@1 no more than 1 point lower
 class Arm:
     use_negatives: bool
     use_negative_images: bool
+    batching: str = "random"  # training/batching.py
 
 
 ARMS = {
     "plain": Arm(use_negatives=False, use_negative_images=False),
     "text": Arm(use_negatives=True, use_negative_images=False),
     "text+image": Arm(use_negatives=True, use_negative_images=True),
+    "plain+families": Arm(use_negatives=False, use_negative_images=False, batching="families"),
+    "text+families": Arm(use_negatives=True, use_negative_images=False, batching="families"),
+    "text+image+families": Arm(use_negatives=True, use_negative_images=True, batching="families"),
 }
 
 
@@ -135,16 +139,16 @@ class TrainingRows:
         return {"rows": self.rows.num_rows, "with_negative_caption": sum(1 for n in d[S.NEG_CAPTION] if n), "with_negative_image": with_image}
 
 
-def batches(data: dict[str, np.ndarray], batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Shuffled epochs of `batch_size` rows, forever, seeded."""
+def batches(data: dict[str, np.ndarray], batch_size: int, seed: int, batching: str = "random") -> Iterator[dict[str, Any]]:
+    """Epochs of `batch_size` rows grouped as `foil train` groups them (training/batching.py), forever, seeded."""
     import torch
 
+    from training.batching import epoch_batches, families
+
     rng = np.random.default_rng(seed)
-    n = len(data["image"])
+    groups = families(data["text"], data["negative_text"], data["has_negative"]) if batching == "families" else None
     while True:
-        order = rng.permutation(n)
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
+        for idx in epoch_batches(data, batch_size, rng, batching, groups):
             yield {k: torch.from_numpy(v[idx]) for k, v in data.items()}
 
 
@@ -172,7 +176,7 @@ def train_and_score(model_name: str, recipe: ModelRecipe, arm_name: str, seed: i
         losses.append(metrics["loss"])
         _log(f"{model_name} {arm_name} seed {seed}: step {step}/{recipe.steps} loss {metrics['loss']:.3f}")
 
-    train_loop(model, batches(data, recipe.batch_size, seed), build_loss("clip"), optimizer,
+    train_loop(model, batches(data, recipe.batch_size, seed, arm.batching), build_loss("clip"), optimizer,
                cosine_with_warmup(optimizer, recipe.warmup_steps, recipe.steps), cfg, on_step=on_step)
     train_seconds = time.perf_counter() - start
     embedder = pairs.ModelEmbedder(model.eval(), model_name, recipe.image_size, rows.heldout_images)
