@@ -327,7 +327,7 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
 
     table = summarize(results)
     kinds = ["all", *sorted({k for r in results for k in r["pairs"] if k != "all"})]
-    fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(table), figsize=(7 * len(table), 5), squeeze=False)
     for ax, (model, arms) in zip(axes[0], table.items()):
         width = 0.8 / max(1, len(arms))
         for i, arm in enumerate(a for a in ARMS if a in arms):
@@ -338,7 +338,7 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
         ax.set_xticks(np.arange(len(kinds)) + width * (len(arms) - 1) / 2, kinds, rotation=30)
         ax.set_ylabel("pair accuracy on held-out Twemoji, %")
         ax.set_title(model)
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)  # below the bars, never over them
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
