@@ -9,7 +9,10 @@ over every Twemoji concept. Arms, the same for each model, seed and step count:
 - `plain`: CLIP's loss, no negatives;
 - `text`: the text hard negatives (NegCLIP layout);
 - `text+image`: text negatives plus the mined negative images, each (negative image, negative
-  caption) a pair of its own (TripletCLIP layout, see training/losses.py).
+  caption) a pair of its own (TripletCLIP layout, see training/losses.py);
+- `plain+families`, `text+families`, `text+image+families`: the same three with
+  `train.batching: families` (training/batching.py): rows whose negative caption is another
+  row's caption share a batch, so a minimal pair's two real images meet in the loss.
 
 Models: `foil-tiny-vit` from scratch, and the real two-tower `foil-effnet-lite0-minilm`
 fine-tuned whole (both towers and heads) at 64 px, the emoji's own size, which keeps it within
