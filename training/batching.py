@@ -28,12 +28,14 @@ from typing import Iterator
 import numpy as np
 
 from training.config import BATCHING
+
 MAX_FAMILY = 16  # rows per family at most: a quarter of foil-tiny-vit's batch of 64
 
 
-def families(text: np.ndarray, negative_text: np.ndarray, has_negative: np.ndarray, max_family: int = MAX_FAMILY) -> list[np.ndarray]:
-    """Row indices grouped into families: rows linked when one's negative caption is the
-    other's caption. text, negative_text: [N, ctx] token ids; has_negative: [N] bool."""
+def families(arrays: dict[str, np.ndarray], max_family: int = MAX_FAMILY) -> list[np.ndarray]:
+    """Row indices of decoded `arrays` grouped into families: rows linked when one's negative
+    caption is the other's caption (`text`, `negative_text`: [N, ctx] token ids; `has_negative`: [N])."""
+    text, negative_text, has_negative = arrays["text"], arrays["negative_text"], arrays["has_negative"]
     n = len(text)
     parent = np.arange(n)
     size = np.ones(n, dtype=np.int64)
@@ -61,13 +63,12 @@ def families(text: np.ndarray, negative_text: np.ndarray, has_negative: np.ndarr
     return [np.array(g) for g in groups.values()]
 
 
-def _units(text: np.ndarray, group: np.ndarray, batch_size: int) -> list[list[int]]:
+def _units(keys: list[bytes], group: np.ndarray, batch_size: int) -> list[list[int]]:
     """A family's rows as units that can share one batch: a caption once each (a repeated
-    caption starts another unit), at most `batch_size` rows."""
+    caption starts another unit), at most `batch_size` rows. `keys`: each row's caption tokens."""
     units: list[list[int]] = []
     for i in group.tolist():
-        key = text[i].tobytes()
-        home = next((u for u in units if len(u) < batch_size and all(text[j].tobytes() != key for j in u)), None)
+        home = next((u for u in units if len(u) < batch_size and all(keys[j] != keys[i] for j in u)), None)
         if home is None:
             units.append([i])
         else:
@@ -80,18 +81,18 @@ def family_batches(text: np.ndarray, groups: list[np.ndarray], batch_size: int, 
     does not fit the batch being filled (or shares a caption with it) held for the next one.
     When more than `batch_size` families wait, or none are left to come, the waiting ones are
     split to fill the room."""
+    keys = [row.tobytes() for row in text]  # a row's caption, compared as its tokens
     batch: list[int] = []
     seen: set[bytes] = set()
     held: list[list[int]] = []
 
     def place(unit: list[int], hold: bool = True) -> bool:
-        keys = [text[i].tobytes() for i in unit]
-        if len(batch) + len(unit) > batch_size or any(k in seen for k in keys):
+        if len(batch) + len(unit) > batch_size or any(keys[i] in seen for i in unit):
             if hold:
                 held.append(unit)
             return False
         batch.extend(unit)
-        seen.update(keys)
+        seen.update(keys[i] for i in unit)
         return True
 
     def squeeze() -> None:
@@ -112,7 +113,7 @@ def family_batches(text: np.ndarray, groups: list[np.ndarray], batch_size: int, 
 
     for g in rng.permutation(len(groups)):
         members = groups[g][rng.permutation(len(groups[g]))]
-        for unit in _units(text, members, batch_size):
+        for unit in _units(keys, members, batch_size):
             place(unit)
             if len(held) > batch_size:
                 squeeze()
@@ -137,5 +138,5 @@ def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.random
     if batching != "families":
         raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
     if groups is None:
-        groups = families(arrays["text"], arrays["negative_text"], arrays["has_negative"])
+        groups = families(arrays)
     yield from family_batches(arrays["text"], groups, batch_size, rng)

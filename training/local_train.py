@@ -34,10 +34,10 @@ import torch
 
 from pipeline.core.stage import ConfigError
 from pipeline.models import factory as M
+from training.batching import epoch_batches, families
 from training.config import TrainConfig
 from training.data import BatchDecoder
 from training.loop import cosine_with_warmup, make_optimizer, train_loop
-from training.batching import epoch_batches, families
 from training.losses import build_loss
 from training.ray_train import (
     CHECKPOINT_MODEL, CHECKPOINT_PREFIX, CHECKPOINT_STATE, DECODE_AHEAD, DECODE_ONCE_BYTES, CurveWriter, TrainResult,
@@ -59,7 +59,7 @@ def _epochs(files: list[str], columns: list[str], model: str, batch_size: int, s
         parts = [decoder(t.to_pydict()) for t in (train_split(u, columns) for u in files) if t.num_rows]
         decoded = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
         if decoded and batching == "families":
-            groups = families(decoded["text"], decoded["negative_text"], decoded["has_negative"])
+            groups = families(decoded)
     epoch = 0
     while True:
         rng = np.random.default_rng(seed + epoch)

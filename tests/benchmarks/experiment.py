@@ -149,7 +149,7 @@ def batches(data: dict[str, np.ndarray], batch_size: int, seed: int, batching: s
     from training.batching import epoch_batches, families
 
     rng = np.random.default_rng(seed)
-    groups = families(data["text"], data["negative_text"], data["has_negative"]) if batching == "families" else None
+    groups = families(data) if batching == "families" else None
     while True:
         for idx in epoch_batches(data, batch_size, rng, batching, groups):
             yield {k: torch.from_numpy(v[idx]) for k, v in data.items()}

@@ -33,10 +33,10 @@ def test_rows_are_linked_through_their_negative_captions_and_families_are_capped
     # 0 -> 1 -> 2 chains; 3 is alone; 4's negative (caption 9) is no row's caption; 5's flag is off
     a = _arrays([0, 1, 2, 3, 4, 5], [1, 2, None, None, 9, 0])
     a["has_negative"][5] = False
-    groups = sorted(sorted(g.tolist()) for g in families(a["text"], a["negative_text"], a["has_negative"]))
+    groups = sorted(sorted(g.tolist()) for g in families(a))
     assert groups == [[0, 1, 2], [3], [4], [5]]
     chain = _arrays(list(range(40)), [i + 1 for i in range(39)] + [None])
-    sizes = [len(g) for g in families(chain["text"], chain["negative_text"], chain["has_negative"])]
+    sizes = [len(g) for g in families(chain)]
     assert sum(sizes) == 40 and max(sizes) == MAX_FAMILY
 
 
