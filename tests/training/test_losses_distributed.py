@@ -31,7 +31,9 @@ for name, loss in (("clip", ContrastiveLoss(rank, world)), ("siglip", SigLipLoss
     result = loss(img[rows], txt[rows], torch.tensor(8.0), negative_text_features=neg_txt[rows], has_negative=has_text[rows],
                   negative_image_features=neg_img[rows], has_negative_image=has_image[rows], **extra)
     out[name] = float(result["loss"])
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+if world > 1:
+    dist.destroy_process_group()  # a gloo group left to interpreter exit can abort ("terminate called without an active exception")
 """
 
 
