@@ -680,5 +680,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def entry() -> None:
+    """The `foil` console script: `main`, then an exit that skips the interpreter's teardown
+    (pipeline/core/shutdown.py). In-process callers use `main` and get the code back."""
+    from pipeline.core.shutdown import exit_quickly
+
+    exit_quickly(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
