@@ -48,13 +48,17 @@ def _heads(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 @torch.no_grad()
-def tower_features(model: nn.Module, model_name: str, rows: pa.Table, batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen tower outputs, before the heads: image [N, Dv], text [N, Dt]."""
+def tower_features(model: nn.Module, model_name: str, rows: pa.Table, batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
+                   image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen tower outputs, before the heads: image [N, Dv], text [N, Dt], images decoded at
+    `image_size` (the architecture's own by default)."""
     visual_head, text_proj = _heads(model)
     model.visual.head, model.text.proj = nn.Identity(), nn.Identity()
     try:
         model.eval()
         decode = BatchDecoder(model_name)
+        if image_size is not None:
+            decode.size = image_size
         images, texts = [], []
         for start in range(0, rows.num_rows, batch_size):
             chunk = rows.slice(start, batch_size).to_pydict()
@@ -75,7 +79,6 @@ def train_heads(rows: pa.Table, cfg: HeadsConfig, out: str | Path, progress: Cal
         raise ConfigError(f"train-heads: need at least 2 training rows, got {rows.num_rows}")
     torch.manual_seed(cfg.seed)
     model = M.create_model(cfg.model)
-    visual_head, text_proj = _heads(model)
     start = time.perf_counter()
     last = [0.0]
 
@@ -86,6 +89,20 @@ def train_heads(rows: pa.Table, cfg: HeadsConfig, out: str | Path, progress: Cal
 
     image_feats, text_feats = tower_features(model, cfg.model, rows, progress=report)  # [N, Dv], [N, Dt]
     feature_seconds = time.perf_counter() - start
+    losses = fit_heads(model, image_feats, text_feats, cfg, progress)
+    M.save_open_clip_checkpoint(model.eval(), Path(out), cfg.steps, cfg.model)
+    return {
+        "checkpoint": str(out), "model": cfg.model, "rows": image_feats.shape[0], "steps": cfg.steps,
+        "first_loss": round(losses[0], 4), "last_loss": round(float(np.mean(losses[-20:])), 4),
+        "feature_seconds": round(feature_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def fit_heads(model: nn.Module, image_feats: torch.Tensor, text_feats: torch.Tensor, cfg: HeadsConfig,
+              progress: Callable[[str], None] = print) -> list[float]:
+    """Train `model`'s two heads (and its logit scale) in place on cached tower features with the
+    CLIP loss, `cfg.steps` batches of `cfg.batch_size` drawn with `cfg.seed`. Returns the losses."""
+    visual_head, text_proj = _heads(model)
     params = list(visual_head.parameters()) + list(text_proj.parameters()) + [model.logit_scale]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = ContrastiveLoss()
@@ -107,9 +124,4 @@ def train_heads(rows: pa.Table, cfg: HeadsConfig, out: str | Path, progress: Cal
         losses.append(float(loss.detach()))
         if step % 50 == 0 or step == cfg.steps:
             progress(f"step {step}/{cfg.steps}  loss {np.mean(losses[-50:]):.4f}")
-    M.save_open_clip_checkpoint(model.eval(), Path(out), cfg.steps, cfg.model)
-    return {
-        "checkpoint": str(out), "model": cfg.model, "rows": n, "steps": cfg.steps,
-        "first_loss": round(losses[0], 4), "last_loss": round(float(np.mean(losses[-20:])), 4),
-        "feature_seconds": round(feature_seconds, 1), "seconds": round(time.perf_counter() - start, 1),
-    }
+    return losses
