@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.stage import ConfigError
-from pipeline.models.architectures import architecture_config
+from pipeline.models.architectures import REAL_TWO_TOWER, architecture_config
 
 if TYPE_CHECKING:
     from training.loop import LoopConfig
@@ -40,6 +40,9 @@ class TrainConfig:
     log_every: int = 5
     seed: int = 0
     pretrained: str | None = None
+    # Keep batch-norm statistics fixed while training (training/loop.py); null: on when the image
+    # tower starts from real weights (`pretrained` given, or foil-effnet-lite0-minilm's ImageNet tower).
+    freeze_bn_stats: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +63,8 @@ class TrainConfig:
         for name in ("use_negatives", "use_negative_images"):
             if not isinstance(getattr(cfg, name), bool):
                 raise ConfigError(f"{where}.{name}: must be true or false, got {getattr(cfg, name)!r}")
+        if cfg.freeze_bn_stats is not None and not isinstance(cfg.freeze_bn_stats, bool):
+            raise ConfigError(f"{where}.freeze_bn_stats: must be true, false or null, got {cfg.freeze_bn_stats!r}")
         try:
             model_cfg = architecture_config(cfg.model)
         except KeyError as exc:
@@ -79,5 +84,9 @@ class TrainConfig:
             steps=self.steps, lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
             grad_accum=self.grad_accum, use_negatives=self.use_negatives,
             use_negative_images=self.use_negative_images, bf16=bf16, log_every=self.log_every,
-            checkpoint_every=self.checkpoint_every,
+            checkpoint_every=self.checkpoint_every, freeze_bn_stats=self.starts_from_real_weights if self.freeze_bn_stats is None else self.freeze_bn_stats,
         )
+
+    @property
+    def starts_from_real_weights(self) -> bool:
+        return self.pretrained is not None or self.model == REAL_TWO_TOWER

@@ -31,6 +31,10 @@ class LoopConfig:
     # The caller turns it on only when the data has some: it costs a second image batch per step.
     use_negative_images: bool = False
     bf16: bool = False  # autocast to bfloat16 (GPU)
+    # Batch-norm layers stay in evaluation mode (their running statistics fixed, their scales and
+    # shifts still trained): for towers that start from real weights, whose statistics a small
+    # batch of one domain would otherwise overwrite. TrainConfig turns it on for those.
+    freeze_bn_stats: bool = False
     log_every: int = 10
     checkpoint_every: int | None = None  # None: `on_checkpoint` only at the last step
 
@@ -77,6 +81,10 @@ def train_loop(
     `on_step(step, metrics)` is called every `cfg.log_every` steps, `on_checkpoint(step, metrics)`
     every `cfg.checkpoint_every` steps; both at the last step too."""
     model.train()
+    if cfg.freeze_bn_stats:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     step = start_step
     micro = 0
     seen = 0
