@@ -16,10 +16,13 @@ over every Twemoji concept. Arms, the same for each model, seed and step count:
 
 Models: `foil-tiny-vit` from scratch, and the real two-tower `foil-effnet-lite0-minilm`
 fine-tuned whole (both towers and heads) at 64 px, the emoji's own size, which keeps it within
-a CPU budget (EfficientNet pools globally, so a smaller input works). Training runs in-process
+a CPU budget (EfficientNet pools globally, so a smaller input works), after its random heads are
+fitted alone on the frozen towers' features as `foil train-heads` fits them (`warm_heads`). Training runs in-process
 with foil's own loop, loss and batch decoder (the code `foil train` runs inside Ray Train),
-images decoded once. Each finished run is appended to `<work>/runs.jsonl` and skipped when the
-command is run again, so the seeds can be spread over several sittings.
+images decoded once. Each finished run is appended to `<work>/runs.jsonl` with a fingerprint of
+the code it ran (`code_fingerprint`) and skipped when the command is run again with the same
+model, arm, seed, recipe, dataset and code, so the seeds can be spread over several sittings and
+a change to the training or scoring code makes its runs again.
 
 Writes `docs/experiment.md` (mean ± std over seeds per arm and pair kind, retrieval, the time
 of each run, the gap to the issue's target, and the blind accuracy of the negatives training
@@ -31,18 +34,22 @@ used) and `docs/experiment.png`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+# What a run's result depends on besides its arguments: the loop, losses, batching, decoder and
+# pair scoring (training/), the models (pipeline/models/), the held-out pairs and this file.
+CODE_PATHS = ("training", "pipeline/models", "pipeline/demo/heldout.py", "tests/benchmarks/experiment.py")
 TARGET_GAIN = 0.15  # issue 16: best arm over plain, pair accuracy, mean of 3 seeds
 MAX_R1_LOSS = 0.01  # ... with retrieval R@1 no more than 1 point lower
 
@@ -71,11 +78,16 @@ class ModelRecipe:
     lr: float
     image_size: int
     warmup_steps: int = 10
+    # Steps of fitting the projection heads alone on frozen tower features (training/heads.py)
+    # before the whole model is fine-tuned, the same for every arm; 0: none. A real two-tower's
+    # heads start random, and a few hundred steps at a fine-tuning rate leave them near it
+    # (linear probing, then fine-tuning).
+    warm_heads: int = 0
 
 
 MODELS = {
     "foil-tiny-vit": ModelRecipe(steps=400, batch_size=64, lr=1e-3, image_size=64),
-    "foil-effnet-lite0-minilm": ModelRecipe(steps=150, batch_size=32, lr=5e-5, image_size=64),
+    "foil-effnet-lite0-minilm": ModelRecipe(steps=150, batch_size=32, lr=5e-5, image_size=64, warm_heads=300),
 }
 
 
@@ -122,6 +134,7 @@ class TrainingRows:
         self.rows = rows.filter(pc.equal(rows[S.SPLIT], "train"))
         self._decoded: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         self.heldout_images: dict[tuple[Path, int], np.ndarray] = {}  # decoded once for every run's evaluation
+        self._features: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def decoded(self, model_name: str, image_size: int) -> dict[str, np.ndarray]:
         from training.data import BatchDecoder
@@ -133,6 +146,16 @@ class TrainingRows:
             parts = [decode(self.rows.slice(i, 256).to_pydict()) for i in range(0, self.rows.num_rows, 256)]
             self._decoded[key] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return self._decoded[key]
+
+    def tower_features(self, model: Any, model_name: str, image_size: int) -> tuple[Any, Any]:
+        """The towers' outputs before the heads, once per (model, size): the towers start from
+        the same pretrained weights in every run, only the heads' initialisation differs."""
+        from training.heads import tower_features
+
+        key = (model_name, image_size)
+        if key not in self._features:
+            self._features[key] = tower_features(model, model_name, self.rows, image_size=image_size)
+        return self._features[key]
 
     def stats(self) -> dict[str, int]:
         from pipeline.core import schema as S
@@ -162,6 +185,7 @@ def train_and_score(model_name: str, recipe: ModelRecipe, arm_name: str, seed: i
     from pipeline.demo.heldout import CONCEPTS_FILE, PAIRS_FILE
     from pipeline.models import factory as M
     from training import pairs
+    from training.config import TrainConfig
     from training.loop import LoopConfig, cosine_with_warmup, make_optimizer, train_loop
     from training.losses import build_loss
 
@@ -169,10 +193,16 @@ def train_and_score(model_name: str, recipe: ModelRecipe, arm_name: str, seed: i
     data = rows.decoded(model_name, recipe.image_size)
     torch.manual_seed(seed)
     model = M.create_model(model_name)
-    cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, use_negatives=arm.use_negatives,
-                     use_negative_images=arm.use_negative_images, log_every=50)
-    optimizer = make_optimizer(model, cfg)
     start = time.perf_counter()
+    if recipe.warm_heads:
+        from training.heads import HeadsConfig, fit_heads
+
+        fit_heads(model, *rows.tower_features(model, model_name, recipe.image_size), HeadsConfig(model=model_name, steps=recipe.warm_heads, seed=seed),
+                  progress=lambda line: _log(f"{model_name} {arm_name} seed {seed}: heads {line}"))
+    cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps, use_negatives=arm.use_negatives,
+                     use_negative_images=arm.use_negative_images, log_every=50,
+                     freeze_bn_stats=TrainConfig(model=model_name).starts_from_real_weights)  # as `foil train` decides
+    optimizer = make_optimizer(model, cfg)
     losses: list[float] = []
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -191,6 +221,16 @@ def train_and_score(model_name: str, recipe: ModelRecipe, arm_name: str, seed: i
     }
 
 
+def code_fingerprint(root: Path = REPO) -> str:
+    """sha256 (first 16 hex digits) over the paths and bytes of the Python files under `CODE_PATHS`."""
+    digest = hashlib.sha256()
+    for entry in CODE_PATHS:
+        path = root / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def run_arms(work: Path, dataset: Path | None, models: list[str], arms: list[str], seeds: list[int], steps: int | None = None) -> list[dict[str, Any]]:
     """Every (model, arm, seed) run, reusing the ones `<work>/runs.jsonl` already holds."""
     work.mkdir(parents=True, exist_ok=True)
@@ -200,19 +240,21 @@ def run_arms(work: Path, dataset: Path | None, models: list[str], arms: list[str
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     rows: TrainingRows | None = None
     results = []
+    code = code_fingerprint()
     for model_name in models:
         recipe = MODELS[model_name]
         if steps is not None:
-            recipe = ModelRecipe(steps, recipe.batch_size, recipe.lr, recipe.image_size, recipe.warmup_steps)
+            recipe = replace(recipe, steps=steps)
         for seed in seeds:
             for arm in arms:
-                key = (model_name, arm, seed, asdict(recipe), str(dataset))
-                previous = [r for r in done if (r["model"], r["arm"], r["seed"], r["recipe"], r.get("dataset")) == key]
+                key = (model_name, arm, seed, asdict(recipe), str(dataset), code)
+                previous = [r for r in done if (r["model"], r["arm"], r["seed"], r["recipe"], r.get("dataset"), r.get("code")) == key]
                 if previous:
                     results.append(previous[-1])
                     continue
                 rows = rows or TrainingRows(dataset)
-                result = {**train_and_score(model_name, recipe, arm, seed, rows, heldout), "dataset": str(dataset), "data": rows.stats()}
+                result = {**train_and_score(model_name, recipe, arm, seed, rows, heldout), "dataset": str(dataset), "code": code,
+                          "data": rows.stats()}
                 _log(f"{model_name} {arm} seed {seed}: pair accuracy {result['pairs']['all']['pair_accuracy']:.4f}, "
                      f"R@1 {result['retrieval']['image_to_text_R@1']:.4f}, {result['seconds']:.0f} s")
                 with open(log, "a") as f:
@@ -270,7 +312,8 @@ def write_report(results: list[dict[str, Any]], blind: dict[str, dict[str, float
         "`emoji-datasource-google`). Evaluation: Twemoji minimal pairs (`emoji-datasource-twitter`, a drawing style "
         "never trained on) from `foil heldout-pairs`, and retrieval over every Twemoji concept. Pair accuracy is the "
         "mean of the four single comparisons (chance 50%); text/image/group scores are Winoground's (chance 25/25/16.7%). "
-        "Values are % as mean ± sample std over seeds; a single value means one seed.",
+        "Values are % as mean ± sample std over seeds; a single value means one seed. "
+        f"Code fingerprint of the runs (`code_fingerprint`): {', '.join(sorted({r.get('code') or 'unrecorded' for r in results}))}.",
         "",
         f"Held-out pairs per kind: {', '.join(f'{k} {v:.0f}' for k, v in heldout_counts.items())}.",
         "",
@@ -315,8 +358,8 @@ def write_report(results: list[dict[str, Any]], blind: dict[str, dict[str, float
     total = sum(r["seconds"] for r in results)
     lines += ["## Time", "", f"{len(results)} runs, {total / 60:.1f} minutes of training and evaluation in all "
               "(the per-run times are in the tables; data building by `foil demo` not included).", ""]
-    if (out.parent / "experiment.png").exists():
-        lines += ["![pair accuracy per kind](experiment.png)", ""]
+    if out.with_suffix(".png").exists():  # main() draws it first
+        lines += [f"![pair accuracy per kind]({out.with_suffix('.png').name})", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 
